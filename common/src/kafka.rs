@@ -1,0 +1,259 @@
+//! Kafka plumbing shared by every service: connection settings, producer and consumer
+//! builders with the pipeline's delivery guarantees, topic names, and header helpers.
+//!
+//! Only the Kafka protocol is used, so the same code runs against the embedded mock broker
+//! (`riskstream broker`) and Apache Kafka.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use serde::{Deserialize, Serialize};
+
+/// Default topic names. Every one is overridable in `[kafka.topics]`.
+pub mod topic {
+    pub const EVENTS: &str = "events";
+    pub const EVENTS_DLQ: &str = "events.dlq";
+    pub const EVENTS_LATE: &str = "events.late";
+    pub const DECISIONS: &str = "decisions";
+    pub const OTLP_SPANS: &str = "otlp_spans";
+    pub const SPANS_DLQ: &str = "otlp_spans.dlq";
+    pub const RULES: &str = "rules";
+    pub const LISTS: &str = "lists";
+    /// Prefix of the keyBy repartition topics (`repartition.<group>`).
+    pub const REPARTITION_PREFIX: &str = "repartition.";
+    /// Per-event partial feature results, keyed by event id, gathered for scoring.
+    pub const FEATURE_RESULTS: &str = "features.partial";
+}
+
+/// Header names the pipeline reads and writes.
+pub mod header {
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    /// On dead-lettered records: why, and where from.
+    pub const DLQ_REASON: &str = "riskstream-dlq-reason";
+    pub const DLQ_ERROR_CODE: &str = "riskstream-dlq-code";
+    pub const DLQ_SOURCE_TOPIC: &str = "riskstream-dlq-source-topic";
+    pub const DLQ_SOURCE_PARTITION: &str = "riskstream-dlq-source-partition";
+    pub const DLQ_SOURCE_OFFSET: &str = "riskstream-dlq-source-offset";
+}
+
+/// Topic names in use (defaults from [`topic`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub events: String,
+    pub events_dlq: String,
+    pub events_late: String,
+    pub decisions: String,
+    pub otlp_spans: String,
+    pub spans_dlq: String,
+    pub rules: String,
+    pub lists: String,
+    /// Prefix for the keyBy repartition topics and the partial-result topic.
+    pub internal_prefix: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            events: topic::EVENTS.into(),
+            events_dlq: topic::EVENTS_DLQ.into(),
+            events_late: topic::EVENTS_LATE.into(),
+            decisions: topic::DECISIONS.into(),
+            otlp_spans: topic::OTLP_SPANS.into(),
+            spans_dlq: topic::SPANS_DLQ.into(),
+            rules: topic::RULES.into(),
+            lists: topic::LISTS.into(),
+            internal_prefix: String::new(),
+        }
+    }
+}
+
+impl Topics {
+    /// Every topic name with the same random suffix: isolated topics for a test.
+    pub fn with_suffix(suffix: &str) -> Self {
+        let d = Self::default();
+        let s = |t: String| format!("{t}-{suffix}");
+        Self {
+            events: s(d.events),
+            events_dlq: s(d.events_dlq),
+            events_late: s(d.events_late),
+            decisions: s(d.decisions),
+            otlp_spans: s(d.otlp_spans),
+            spans_dlq: s(d.spans_dlq),
+            rules: s(d.rules),
+            lists: s(d.lists),
+            internal_prefix: format!("{suffix}."),
+        }
+    }
+
+    /// The user-facing topics (the internal ones are named by the worker from its feature groups).
+    pub fn all(&self) -> Vec<&str> {
+        vec![
+            &self.events,
+            &self.events_dlq,
+            &self.events_late,
+            &self.decisions,
+            &self.otlp_spans,
+            &self.spans_dlq,
+            &self.rules,
+            &self.lists,
+        ]
+    }
+}
+
+/// Connection and client settings for Kafka. `RISKSTREAM__KAFKA__BROKERS` / `--brokers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    pub client_id: String,
+    /// How long the producer keeps trying to deliver one record before reporting failure.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// How long the producer waits to batch records (`linger.ms`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Longest time a fetch waits for data (`fetch.wait.max.ms`). Real Kafka answers as soon as
+    /// data arrives; the embedded mock broker does not, so keep it small there.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Compression for produced batches: none, gzip, snappy, lz4, zstd.
+    pub compression: String,
+    pub topics: Topics,
+    /// Any further librdkafka property, passed through as is (applies to every client).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "riskstream".into(),
+            message_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(2),
+            fetch_wait_max: Duration::from_millis(10),
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            compression: "lz4".into(),
+            topics: Topics::default(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+impl KafkaConfig {
+    /// Settings shared by every client (without `extra`).
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id)
+            .set("socket.keepalive.enable", "true")
+            .set("log_level", "4");
+        c
+    }
+
+    /// Applies the `extra` pass-through properties last, so they override our defaults.
+    fn with_extra(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Settings for a plain client (metadata, admin) with the `extra` properties.
+    pub fn client_config(&self) -> ClientConfig {
+        self.with_extra(self.base())
+    }
+
+    /// Producer settings: idempotent, `acks=all`, bounded delivery time.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", ms(self.message_timeout))
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set("compression.type", &self.compression)
+            .set("queue.buffering.max.kbytes", "262144");
+        self.with_extra(c)
+    }
+
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        self.producer_config().create()
+    }
+
+    /// Consumer settings for at-least-once processing: offsets are stored by the application
+    /// only after its output was acknowledged (`enable.auto.offset.store=false`), and the stored
+    /// offsets are committed in the background.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", ms(self.fetch_wait_max))
+            .set("session.timeout.ms", ms(self.session_timeout))
+            .set("heartbeat.interval.ms", ms(self.heartbeat_interval));
+        self.with_extra(c)
+    }
+
+    pub fn consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+        self.consumer_config(group_id).create()
+    }
+}
+
+/// Whether a Kafka error is worth retrying (the broker is down, slow or rebalancing) rather
+/// than a property of the record (too large, invalid).
+pub fn is_retryable(err: &KafkaError) -> bool {
+    let code = match err {
+        KafkaError::MessageProduction(c) => *c,
+        KafkaError::MessageConsumption(c) => *c,
+        KafkaError::MetadataFetch(c) => *c,
+        KafkaError::Flush(c) => *c,
+        _ => return true,
+    };
+    !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+    )
+}
+
+/// The value of a header as UTF-8, if present and valid.
+pub fn header_str<'a>(headers: Option<&'a BorrowedHeaders>, name: &str) -> Option<&'a str> {
+    headers?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Builds headers from name/value pairs.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
+    pairs.into_iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(v),
+        })
+    })
+}
