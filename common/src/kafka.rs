@@ -189,6 +189,8 @@ impl KafkaConfig {
             .set("message.timeout.ms", ms(self.message_timeout))
             .set("linger.ms", self.linger.as_millis().to_string())
             .set("compression.type", &self.compression)
+            // The Java client's partitioner, so keys land where Kafka Streams and others expect.
+            .set("partitioner", "murmur2_random")
             .set("queue.buffering.max.kbytes", "262144");
         self.with_extra(c)
     }

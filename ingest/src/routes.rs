@@ -1,0 +1,368 @@
+//! ingest's HTTP routes: `POST /v1/events`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::future::join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use riskstream_common::kafka::{header as kheader, headers, is_retryable};
+use riskstream_common::metrics::HttpLabels;
+use riskstream_common::trace_context::TraceParent;
+use riskstream_common::{Event, EventError, now_ms};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// The ingest router. Tests call it with `tower::ServiceExt::oneshot`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.inner.config.ingest.max_body_bytes;
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let m = &state.inner.metrics;
+    m.in_flight_requests.inc();
+    let resp = next.run(req).await;
+    m.in_flight_requests.dec();
+    m.http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready only when Kafka metadata for the events topic is reachable and we are not draining.
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.inner.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "shutting down",
+        ));
+    }
+    let producer = state.inner.producer.clone();
+    let topic = state.inner.config.kafka.topics.events.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .map(|md| {
+                md.topics()
+                    .first()
+                    .map(|t| t.partitions().len())
+                    .unwrap_or(0)
+            })
+    })
+    .await;
+    match res {
+        Ok(Ok(partitions)) => Ok(Json(json!({"status": "ready", "events_partitions": partitions}))),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unreachable",
+            format!("kafka metadata unavailable: {e}"),
+        )
+        .retry_after(1)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, riskstream_common::metrics::CONTENT_TYPE)],
+        riskstream_common::metrics::render(&state.inner.metrics.registry),
+    )
+        .into_response()
+}
+
+/// What happened to one event of a request.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum EventResult {
+    /// Acknowledged by Kafka.
+    Accepted {
+        index: usize,
+        event_id: String,
+        trace_id: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// Refused for what it is: fix it before sending again.
+    Rejected {
+        index: usize,
+        errors: Vec<riskstream_common::FieldError>,
+    },
+    /// Valid, but Kafka did not acknowledge it: send it again later (same `event_id`).
+    Failed {
+        index: usize,
+        event_id: String,
+        error: String,
+    },
+}
+
+/// The answer to `POST /v1/events`.
+#[derive(Debug, Serialize)]
+pub struct BatchResult {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub failed: usize,
+    /// Whether any event was not accepted.
+    pub errors: bool,
+    pub results: Vec<EventResult>,
+}
+
+/// Splits the body into JSON values by content type. Syntax errors refuse the whole request.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    match ctype.as_deref() {
+        Some("application/json") => {
+            let v: Value = serde_json::from_slice(body).map_err(|e| malformed(&e, None))?;
+            match v {
+                Value::Array(items) => Ok(items),
+                obj @ Value::Object(_) => Ok(vec![obj]),
+                other => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!(
+                        "body must be one json object or an array of them, got {}",
+                        match other {
+                            Value::Null => "null",
+                            Value::Bool(_) => "a boolean",
+                            Value::Number(_) => "a number",
+                            _ => "a string",
+                        }
+                    ),
+                )),
+            }
+        }
+        Some(NDJSON) | Some("application/ndjson") | Some("application/jsonl") => body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| serde_json::from_slice(line).map_err(|e| malformed(&e, Some(i + 1))))
+            .collect(),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "content-type must be application/json or {NDJSON}, got {}",
+                other.unwrap_or("none")
+            ),
+        )),
+    }
+}
+
+fn malformed(e: &serde_json::Error, ndjson_line: Option<usize>) -> ApiError {
+    let line = ndjson_line.unwrap_or(e.line());
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        format!("malformed json at line {line} column {}: {e}", e.column()),
+    )
+    .with_data(json!({"line": line, "column": e.column()}))
+}
+
+fn body_error(r: BytesRejection) -> ApiError {
+    let status = r.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "payload_too_large", format!("request body too large: {}", r.body_text()))
+    } else {
+        ApiError::new(status, "invalid_body", r.body_text())
+    }
+}
+
+async fn post_events(
+    State(state): State<AppState>,
+    headers_in: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let inner = &state.inner;
+    let cfg = &inner.config;
+    // Content type first: a wrong one is 415 whatever the body.
+    let values = match body {
+        Ok(body) => parse_body(&headers_in, &body)?,
+        Err(r) => {
+            parse_body(&headers_in, b"{}")?;
+            return Err(body_error(r));
+        }
+    };
+    if values.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_events", "the body holds no event"));
+    }
+    if values.len() > cfg.ingest.max_batch_events {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!(
+                "{} events in one request, more than max_batch_events {}",
+                values.len(),
+                cfg.ingest.max_batch_events
+            ),
+        ));
+    }
+    let caller_trace = headers_in
+        .get(kheader::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    let now = now_ms();
+    let decoded: Vec<Result<Event, EventError>> = values
+        .into_iter()
+        .map(|v| inner.decoder.decode_value(v, now))
+        .collect();
+
+    let results = produce_all(&state, decoded, caller_trace).await;
+    let mut out = BatchResult {
+        accepted: 0,
+        rejected: 0,
+        failed: 0,
+        errors: false,
+        results,
+    };
+    let mut retryable_failure = false;
+    for r in &out.results {
+        match r {
+            EventResult::Accepted { .. } => out.accepted += 1,
+            EventResult::Rejected { .. } => out.rejected += 1,
+            EventResult::Failed { .. } => {
+                out.failed += 1;
+                retryable_failure = true;
+            }
+        }
+    }
+    out.errors = out.rejected + out.failed > 0;
+    let data = serde_json::to_value(&out).unwrap_or(Value::Null);
+    if retryable_failure {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unavailable",
+            format!(
+                "kafka did not acknowledge {} event(s); {} accepted: retry the failed ones",
+                out.failed, out.accepted
+            ),
+        )
+        .with_data(data)
+        .retry_after(cfg.ingest.retry_after_secs));
+    }
+    if out.accepted == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_events",
+            format!("all {} event(s) were invalid", out.rejected),
+        )
+        .with_data(data));
+    }
+    Ok((StatusCode::ACCEPTED, Json(data)).into_response())
+}
+
+/// Produces every valid event concurrently and waits for every acknowledgement.
+async fn produce_all(
+    state: &AppState,
+    decoded: Vec<Result<Event, EventError>>,
+    caller_trace: Option<&str>,
+) -> Vec<EventResult> {
+    let inner = &state.inner;
+    let topic = inner.config.kafka.topics.events.as_str();
+    let key_field = inner.config.ingest.partition_key.as_str();
+    let timeout = Timeout::After(inner.config.ingest.produce_timeout);
+    let futures = decoded.into_iter().enumerate().map(|(index, d)| async move {
+        let event = match d {
+            Ok(e) => e,
+            Err(err) => {
+                inner.metrics.reject(err.code());
+                return EventResult::Rejected {
+                    index,
+                    errors: err.errors,
+                };
+            }
+        };
+        let trace = TraceParent::continue_or_new(caller_trace);
+        let traceparent = trace.to_string();
+        let payload = event.to_json_bytes();
+        let key = event.field_str(key_field).unwrap_or_default();
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(&payload)
+            .timestamp(event.event_time_ms)
+            .headers(headers([(kheader::TRACEPARENT, traceparent.as_str())]));
+        let started = Instant::now();
+        let res = inner.producer.send(record, timeout).await;
+        inner
+            .metrics
+            .produce_latency
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(delivery) => {
+                inner.metrics.events_accepted.inc();
+                EventResult::Accepted {
+                    index,
+                    event_id: event.event_id.to_string(),
+                    trace_id: trace.trace_id_hex(),
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }
+            }
+            Err((e, _)) => produce_failed(inner, index, &event, &e),
+        }
+    });
+    join_all(futures).await
+}
+
+fn produce_failed(inner: &crate::Inner, index: usize, event: &Event, e: &KafkaError) -> EventResult {
+    if is_retryable(e) {
+        inner.metrics.reject("kafka_unavailable");
+        tracing::warn!(error = %e, event_id = %event.event_id, "kafka did not acknowledge an event");
+        EventResult::Failed {
+            index,
+            event_id: event.event_id.to_string(),
+            error: e.to_string(),
+        }
+    } else {
+        inner.metrics.reject("kafka_rejected");
+        EventResult::Rejected {
+            index,
+            errors: vec![riskstream_common::FieldError::new(
+                "$",
+                "kafka_rejected",
+                format!("kafka refused the record: {e}"),
+            )],
+        }
+    }
+}
