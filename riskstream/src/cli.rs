@@ -1,0 +1,101 @@
+//! Command-line parsing and dispatch.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use riskstream_common::config::{self, ConfigError, Value};
+use riskstream_common::kafka::KafkaConfig;
+use riskstream_common::telemetry::TelemetryConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Parser)]
+#[command(name = "riskstream", version, about = "Streaming risk decisions on Kafka: ingest, features, scoring, traces")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the embedded Kafka-protocol broker (librdkafka's mock cluster) with the pipeline's topics.
+    Broker(crate::broker::BrokerArgs),
+    /// Run ingest: the HTTP front door that lands events on Kafka.
+    Ingest(ServiceArgs),
+    /// Send events to Kafka directly: from an NDJSON file, stdin, or the synthetic generator.
+    Produce(crate::produce::ProduceArgs),
+    /// End-to-end benchmarks.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Flags every service takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServiceArgs {
+    /// TOML configuration file (defaults, then this file, then RISKSTREAM__SECTION__KEY variables, then flags).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// HOST:PORT to listen on (port 0 picks a free port; the bound address is printed as listening=HOST:PORT).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// The whole configuration file: one file can configure every service.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RootConfig {
+    pub kafka: KafkaConfig,
+    pub telemetry: TelemetryConfig,
+    pub ingest: riskstream_ingest::IngestConfig,
+}
+
+impl config::Validate for RootConfig {
+    fn validate(&self) -> Vec<String> {
+        let mut v = self.telemetry.validate();
+        v.extend(self.ingest.problems());
+        v
+    }
+}
+
+/// Why a command failed: bad usage/config (exit 2) or at run time (exit 1).
+pub enum Failure {
+    Usage(Vec<String>),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Usage(e.errors)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+/// Loads the root configuration with the flags as the last layer; `listen_key` names the
+/// section whose `listen` the `--listen` flag sets.
+pub fn load_config(args: &ServiceArgs, listen_key: Option<&str>) -> Result<RootConfig, Failure> {
+    let mut overrides: Vec<(&str, Value)> = Vec::new();
+    if let Some(b) = &args.brokers {
+        overrides.push(("kafka.brokers", Value::from(b.clone())));
+    }
+    if let (Some(l), Some(key)) = (&args.listen, listen_key) {
+        overrides.push((key, Value::from(l.clone())));
+    }
+    let cfg: RootConfig = config::load(args.config.as_deref(), &overrides)?;
+    riskstream_common::telemetry::init(&cfg.telemetry);
+    Ok(cfg)
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Broker(a) => crate::broker::run(a).await,
+        Command::Ingest(a) => crate::services::ingest(a).await,
+        Command::Produce(a) => crate::produce::run(a).await,
+        Command::Bench(a) => crate::bench::run(a).await,
+    }
+}

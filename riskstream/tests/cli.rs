@@ -1,0 +1,155 @@
+//! The `riskstream` binary as a user runs it: `broker` in its own process, `produce` and
+//! `ingest` talking to it over TCP, the printed addresses and the exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use riskstream_common::generator::{Generator, GeneratorConfig};
+use riskstream_common::kafka::{KafkaConfig, Topics};
+use riskstream_common::Event;
+use riskstream_testkit::kafka::read_records;
+
+const BIN: &str = env!("CARGO_BIN_EXE_riskstream");
+
+/// A child process killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `riskstream <args>` and waits for a `<key>=VALUE` line on stdout.
+fn spawn_and_read(args: &[&str], key: &str) -> (Proc, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn riskstream");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let prefix = format!("{key}=");
+    let value = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("riskstream {args:?} exited before printing {key}="))
+            .expect("read stdout");
+        if let Some(v) = line.strip_prefix(&prefix) {
+            break v.to_string();
+        }
+    };
+    (Proc(child), value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic() {
+    let (_broker, bootstrap) = spawn_and_read(&["broker", "--partitions", "3"], "bootstrap");
+    let start = "2026-03-01T12:00:00Z";
+    let n = 3000;
+    let out = Command::new(BIN)
+        .args(["produce", "--brokers", &bootstrap, "--count", &n.to_string(), "--seed", "7"])
+        .args(["--start-time", start, "--quiet"])
+        .output()
+        .expect("run produce");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "produce failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("acked={n} errors=0")), "{stdout}");
+
+    let kafka = KafkaConfig {
+        brokers: bootstrap.clone(),
+        fetch_wait_max: Duration::from_millis(5),
+        ..KafkaConfig::default()
+    };
+    // Ask for one more than was sent: exactly n come back.
+    let records = read_records(&kafka, &Topics::default().events, n + 1, Duration::from_secs(15)).await;
+    assert_eq!(records.len(), n);
+    let mut got: Vec<Event> = records
+        .iter()
+        .map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+        .collect();
+    got.sort_by_key(|e| e.event_id);
+    for r in &records {
+        let e: Event = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(r.key_str(), e.account_id.as_deref(), "keyed by account_id");
+        assert!(r.headers.contains_key("traceparent"));
+    }
+    // The same seed and start time give exactly the same events, ids included.
+    let start_ms = riskstream_common::event::parse_event_time(&serde_json::json!(start)).unwrap();
+    let mut expected: Vec<Event> = Generator::new(GeneratorConfig { seed: 7, start_time_ms: start_ms, ..Default::default() })
+        .take(n)
+        .collect();
+    expected.sort_by_key(|e| e.event_id);
+    assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
+    let (_broker, bootstrap) = spawn_and_read(&["broker", "--partitions", "2", "--topic", "filetopic"], "bootstrap");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.ndjson");
+    let now = riskstream_common::now_ms();
+    std::fs::write(
+        &path,
+        format!(
+            "{{\"event_time\": {now}, \"account_id\": \"a1\", \"amount\": 5, \"currency\": \"EUR\"}}\n\n{{\"event_time\": \"bad\", \"account_id\": \"a2\"}}\n{{\"event_time\": {now}, \"account_id\": \"a3\"}}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["produce", "--brokers", &bootstrap, "--topic", "filetopic", "--quiet", "--file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "invalid lines make the run fail: {stdout}");
+    assert!(stdout.contains("sent=2 acked=2 errors=0 invalid=1"), "{stdout}");
+    assert!(stderr.contains("line 3") && stderr.contains("event_time"), "{stderr}");
+    let kafka = KafkaConfig { brokers: bootstrap, ..KafkaConfig::default() };
+    let records = read_records(&kafka, "filetopic", 3, Duration::from_secs(8)).await;
+    let keys: Vec<&str> = records.iter().filter_map(|r| r.key_str()).collect();
+    assert_eq!(records.len(), 2);
+    assert!(keys.contains(&"a1") && keys.contains(&"a3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_process_prints_its_address_and_serves() {
+    let (_broker, bootstrap) = spawn_and_read(&["broker", "--partitions", "2"], "bootstrap");
+    let (_ingest, addr) = spawn_and_read(&["ingest", "--brokers", &bootstrap, "--listen", "127.0.0.1:0"], "listening");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{addr}/v1/events"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"event_time\": {}, \"account_id\": \"a\"}}", riskstream_common::now_ms()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let ready = http.get(format!("http://{addr}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+}
+
+#[test]
+fn bad_usage_and_bad_config_exit_with_2_and_print_every_error() {
+    let out = Command::new(BIN).args(["ingest", "--no-such-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[ingest]\npartition_key = \"colour\"\n[telemetry]\nlog_format = \"xml\"\n").unwrap();
+    let out = Command::new(BIN).args(["ingest", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("partition_key") && stderr.contains("log_format"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["ingest"])
+        .env("RISKSTREAM__INGEST__LISTN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
+}
