@@ -120,7 +120,7 @@ impl Generator {
         }
     }
 
-    fn to_event(&mut self, d: Draft, time_ms: i64) -> Event {
+    fn make_event(&mut self, d: Draft, time_ms: i64) -> Event {
         let mut id = [0u8; 10];
         self.rng.fill(&mut id);
         let event_id = uuid::Builder::from_unix_timestamp_millis(time_ms as u64, &id).into_uuid();
@@ -149,7 +149,7 @@ impl Generator {
     }
 
     fn plant(&mut self, d: Draft, time_ms: i64) {
-        let e = self.to_event(d, time_ms);
+        let e = self.make_event(d, time_ms);
         self.seq += 1;
         self.pending.insert((time_ms, self.seq), e);
     }
@@ -244,7 +244,7 @@ impl Generator {
         } else {
             self.normal_draft()
         };
-        self.to_event(draft, now)
+        self.make_event(draft, now)
     }
 }
 

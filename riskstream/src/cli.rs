@@ -21,6 +21,8 @@ pub enum Command {
     Broker(crate::broker::BrokerArgs),
     /// Run ingest: the HTTP front door that lands events on Kafka.
     Ingest(ServiceArgs),
+    /// Run a feature worker: event-time windowed features, scoring, decisions.
+    Worker(WorkerArgs),
     /// Send events to Kafka directly: from an NDJSON file, stdin, or the synthetic generator.
     Produce(crate::produce::ProduceArgs),
     /// End-to-end benchmarks.
@@ -41,6 +43,22 @@ pub struct ServiceArgs {
     pub listen: Option<String>,
 }
 
+/// Flags of `riskstream worker`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Feature definitions (default: config/features.toml).
+    #[arg(long)]
+    pub features: Option<PathBuf>,
+    /// Rule set (default: config/rules.toml).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Models directory with manifest.toml (default: config/models).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+}
+
 /// The whole configuration file: one file can configure every service.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -48,12 +66,14 @@ pub struct RootConfig {
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub ingest: riskstream_ingest::IngestConfig,
+    pub worker: riskstream_feature_worker::WorkerConfig,
 }
 
 impl config::Validate for RootConfig {
     fn validate(&self) -> Vec<String> {
         let mut v = self.telemetry.validate();
         v.extend(self.ingest.problems());
+        v.extend(self.worker.problems());
         v
     }
 }
@@ -95,6 +115,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Broker(a) => crate::broker::run(a).await,
         Command::Ingest(a) => crate::services::ingest(a).await,
+        Command::Worker(a) => crate::services::worker(a).await,
         Command::Produce(a) => crate::produce::run(a).await,
         Command::Bench(a) => crate::bench::run(a).await,
     }

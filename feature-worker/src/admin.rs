@@ -1,0 +1,68 @@
+//! The worker's admin HTTP: live window values of one key, Prometheus metrics, health.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::app::WorkerState;
+
+pub fn router(state: WorkerState) -> Router {
+    Router::new()
+        .route("/v1/features/{entity}/{key}", get(features))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({"code": code, "message": message, "data": null}))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct AtQuery {
+    /// Read the windows as of this event time (epoch ms); default: now.
+    at_ms: Option<i64>,
+}
+
+/// `GET /v1/features/{entity}/{key}`: `entity` is the group's key spec (`card_id`,
+/// `card_id+merchant_id`, ...); composite keys give their parts joined by `|`.
+async fn features(State(s): State<WorkerState>, Path((entity, key)): Path<(String, String)>, Query(q): Query<AtQuery>) -> Response {
+    let set = s.engine.feature_set();
+    let Some(group) = set.group_index(&entity) else {
+        let known: Vec<String> = set.groups().iter().map(|g| g.key_spec().name()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_entity",
+            format!("no feature is keyed by {entity:?}; keyed entities: {}", known.join(", ")),
+        );
+    };
+    let key_parts: Vec<&str> = key.split('|').collect();
+    let state_key = crate::features::KeySpec::encode_parts(&key_parts);
+    let at = q.at_ms.unwrap_or_else(riskstream_common::now_ms);
+    match s.engine.snapshot(group, &state_key, at) {
+        Ok(Some(values)) => {
+            let mut m = Map::new();
+            for (name, v) in values {
+                m.insert(name, serde_json::to_value(v).unwrap_or(Value::Null));
+            }
+            Json(json!({"entity": entity, "key": key, "at_ms": at, "features": m})).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "no_state", format!("no window state for {entity} {key:?} on this worker")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn metrics(State(s): State<WorkerState>) -> Response {
+    s.metrics.observe_state(&s.engine);
+    (
+        [(header::CONTENT_TYPE, riskstream_common::metrics::CONTENT_TYPE)],
+        riskstream_common::metrics::render(&s.metrics.registry),
+    )
+        .into_response()
+}

@@ -1,0 +1,515 @@
+//! The worker's async shell: a Kafka consumer-group loop around the synchronous core
+//! (event-time clock and reorder buffer, feature engine, scorer), the decision producer, the
+//! dead-letter and late topics, offset bookkeeping, and the admin HTTP server.
+//!
+//! Delivery: at-least-once with idempotent outcomes. An offset is stored for commit only when
+//! every output of that event and of every earlier event of its partition was acknowledged by
+//! Kafka; outputs are retried with backoff until acknowledged or shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use riskstream_common::kafka::{header, header_str};
+use riskstream_common::shutdown::CancellationToken;
+use riskstream_common::trace_context::TraceParent;
+use riskstream_common::{Decision, Event, EventDecoder, FeatureValue, now_ms};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::features::{FeatureEngine, FeatureSet};
+use crate::metrics::WorkerMetrics;
+use crate::scoring::{DecideContext, FeatureCatalog, FeatureKind, Scorer};
+use crate::stream::{Admission, ClockConfig, OffsetTracker, PartitionClock};
+
+/// Start-up and run-time failures of the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("feature definitions: {0}")]
+    Features(String),
+    #[error("scoring setup: {0}")]
+    Scoring(String),
+    #[error("kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("admin http server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the admin server and the loop share.
+#[derive(Clone)]
+pub struct WorkerState {
+    pub engine: Arc<FeatureEngine>,
+    pub scorer: Arc<Scorer>,
+    pub metrics: WorkerMetrics,
+    pub config: Arc<Config>,
+}
+
+/// The feature names and kinds the scorer validates rules and models against.
+pub fn catalog_of(set: &FeatureSet) -> FeatureCatalog {
+    use crate::features::Aggregation;
+    FeatureCatalog::new(set.features().map(|f| {
+        let text = f.aggregation() == Aggregation::Last && f.field().is_some_and(|fl| !fl.is_numeric());
+        (f.name().to_string(), if text { FeatureKind::Text } else { FeatureKind::Number })
+    }))
+}
+
+/// Revocations noticed by the consumer's rebalance callback, handled by the loop.
+#[derive(Default)]
+pub struct WorkerContext {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Commit what is done before the partitions move; what is not done is read again
+            // by the next owner (at-least-once).
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "commit on revoke");
+            }
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?parts, "partitions revoked");
+            self.revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(parts);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?parts, "partitions assigned");
+        }
+    }
+}
+
+type Consumer_ = StreamConsumer<WorkerContext>;
+
+/// A built worker: consumer subscribed, engine and scorer loaded, admin port bound.
+pub struct App {
+    state: WorkerState,
+    consumer: Arc<Consumer_>,
+    producer: FutureProducer,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, WorkerError> {
+        let set = FeatureSet::from_file(&config.worker.features_path)
+            .map_err(|e| WorkerError::Features(format!("{}: {e}", config.worker.features_path.display())))?;
+        let catalog = catalog_of(&set);
+        let scorer = Scorer::from_config(&config.worker.scoring, catalog).map_err(|e| WorkerError::Scoring(e.to_string()))?;
+        let engine = FeatureEngine::new(set, config.worker.state.clone());
+        let consumer: Consumer_ = config
+            .kafka
+            .consumer_config(&config.worker.group_id)
+            .create_with_context(WorkerContext::default())?;
+        consumer.subscribe(&[config.kafka.topics.events.as_str()])?;
+        let producer = config.kafka.producer()?;
+        let listener = TcpListener::bind(&config.worker.listen)
+            .await
+            .map_err(|e| WorkerError::Bind(config.worker.listen.clone(), e))?;
+        Ok(Self {
+            state: WorkerState {
+                engine: Arc::new(engine),
+                scorer: Arc::new(scorer),
+                metrics: WorkerMetrics::new(),
+                config: Arc::new(config),
+            },
+            consumer: Arc::new(consumer),
+            producer,
+            listener,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn state(&self) -> &WorkerState {
+        &self.state
+    }
+
+    /// Runs the admin server and the processing loop until shutdown, then drains.
+    pub async fn run_until_stopped(self) -> Result<(), WorkerError> {
+        let App {
+            state,
+            consumer,
+            producer,
+            listener,
+            shutdown,
+        } = self;
+        let admin = {
+            let router = crate::admin::router(state.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            })
+        };
+        let maintenance = {
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => {
+                            let engine = state.engine.clone();
+                            let _ = tokio::task::spawn_blocking(move || engine.run_pending_tasks()).await;
+                            state.metrics.observe_state(&state.engine);
+                        }
+                    }
+                }
+            })
+        };
+        let mut lp = Loop::new(state.clone(), consumer.clone(), producer.clone());
+        lp.run(shutdown.clone()).await;
+        let _ = maintenance.await;
+        let _ = admin.await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = consumer.commit_consumer_state(CommitMode::Sync);
+            producer.flush(Duration::from_secs(5))
+        })
+        .await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// One event read from Kafka, waiting for its turn in the reorder buffer.
+struct Pending {
+    event: Event,
+    trace: TraceParent,
+    partition: i32,
+    offset: i64,
+    read_at: Instant,
+    payload: Vec<u8>,
+    key: Option<Vec<u8>>,
+}
+
+type OutputFuture = Pin<Box<dyn std::future::Future<Output = (i32, i64)> + Send>>;
+
+struct Loop {
+    state: WorkerState,
+    consumer: Arc<Consumer_>,
+    producer: FutureProducer,
+    decoder: EventDecoder,
+    clock_cfg: ClockConfig,
+    clocks: HashMap<i32, PartitionClock<Pending>>,
+    trackers: HashMap<i32, OffsetTracker>,
+    in_flight: FuturesUnordered<OutputFuture>,
+}
+
+impl Loop {
+    fn new(state: WorkerState, consumer: Arc<Consumer_>, producer: FutureProducer) -> Self {
+        let w = &state.config.worker;
+        let clock_cfg = ClockConfig {
+            out_of_orderness_ms: w.out_of_orderness.as_millis() as i64,
+            allowed_lateness_ms: w.state.allowed_lateness.as_millis() as i64,
+            idle_timeout: w.idle_timeout,
+        };
+        // Events already on the topic were validated by whoever wrote them; here the decoder
+        // only guards against poison (no partition-key or skew rule applies).
+        let decoder = EventDecoder::new(riskstream_common::DecodeLimits {
+            max_event_size_bytes: 1024 * 1024,
+            max_future_skew_ms: i64::MAX / 4,
+            required_key: None,
+        });
+        Self {
+            state,
+            consumer,
+            producer,
+            decoder,
+            clock_cfg,
+            clocks: HashMap::new(),
+            trackers: HashMap::new(),
+            in_flight: FuturesUnordered::new(),
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let max_in_flight = self.state.config.worker.max_in_flight;
+        let mut tick = tokio::time::interval(self.clock_cfg.idle_timeout.max(Duration::from_millis(1)) / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let consumer = self.consumer.clone();
+        loop {
+            self.handle_revocations();
+            let reading = self.in_flight.len() < max_in_flight;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some((p, o)) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(p, o),
+                m = consumer.recv(), if reading => match m {
+                    Ok(m) => self.on_message(&m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = tick.tick() => self.release_all(Instant::now()),
+            }
+        }
+        // Drain: decide what is buffered, then wait (bounded) for every acknowledgement.
+        let deadline = Instant::now() + self.state.config.worker.shutdown_timeout;
+        let parts: Vec<i32> = self.clocks.keys().copied().collect();
+        for p in parts {
+            if let Some(clock) = self.clocks.get_mut(&p) {
+                let ready = clock.release(Instant::now() + Duration::from_secs(86_400));
+                for pending in ready {
+                    self.decide(pending, false, 0);
+                }
+            }
+        }
+        while !self.in_flight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.in_flight.next()).await {
+                Ok(Some((p, o))) => self.acknowledged(p, o),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(in_flight = self.in_flight.len(), "drain timed out; unacknowledged events will be read again");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_revocations(&mut self) {
+        let revoked: Vec<i32> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for p in revoked {
+            // Buffered events were not acknowledged: the next owner reads them again.
+            self.clocks.remove(&p);
+            self.trackers.remove(&p);
+        }
+    }
+
+    fn tracker(&mut self, p: i32) -> &mut OffsetTracker {
+        self.trackers.entry(p).or_default()
+    }
+
+    fn on_message(&mut self, m: &BorrowedMessage<'_>) {
+        let read_at = Instant::now();
+        let (p, offset) = (m.partition(), m.offset());
+        self.tracker(p).begin(offset);
+        let payload = m.payload().unwrap_or_default();
+        let event = match self.decoder.decode_slice(payload, now_ms()) {
+            Ok(e) => e,
+            Err(err) => {
+                self.state.metrics.event("dlq");
+                let fut = dead_letter(self.producer.clone(), self.state.config.kafka.topics.events_dlq.clone(), m, err.to_string(), err.code());
+                self.push(p, offset, fut);
+                return;
+            }
+        };
+        let trace = TraceParent::continue_or_new(header_str(m.headers(), header::TRACEPARENT));
+        let pending = Pending {
+            event,
+            trace,
+            partition: p,
+            offset,
+            read_at,
+            payload: payload.to_vec(),
+            key: m.key().map(<[u8]>::to_vec),
+        };
+        let clock = self
+            .clocks
+            .entry(p)
+            .or_insert_with(|| PartitionClock::new(self.clock_cfg));
+        let (t, id) = (pending.event.event_time_ms, pending.event.event_id);
+        match clock.admit(t, id, pending, read_at) {
+            (Admission::Buffered, _) => {}
+            (Admission::Late { lag_ms }, Some(pending)) => {
+                self.state.metrics.event("late");
+                self.decide(pending, true, lag_ms);
+            }
+            (Admission::Late { .. }, None) => {}
+        }
+        let ready = self.clocks.get_mut(&p).map(|c| c.release(read_at)).unwrap_or_default();
+        for pending in ready {
+            self.decide(pending, false, 0);
+        }
+    }
+
+    fn release_all(&mut self, now: Instant) {
+        let mut ready = Vec::new();
+        for clock in self.clocks.values_mut() {
+            ready.extend(clock.release(now));
+        }
+        for pending in ready {
+            self.decide(pending, false, 0);
+        }
+    }
+
+    /// Computes features and the decision for one event and sends its outputs.
+    fn decide(&mut self, pending: Pending, late: bool, lag_ms: i64) {
+        let engine = &self.state.engine;
+        let features = if late {
+            // A late event is not added to state and gets no feature values.
+            engine
+                .feature_set()
+                .features()
+                .map(|f| (f.name().to_string(), FeatureValue::Null))
+                .collect()
+        } else {
+            engine.process_all(&pending.event)
+        };
+        let lag = if late {
+            lag_ms
+        } else {
+            self.clocks
+                .get(&pending.partition)
+                .map_or(0, |c| c.lag_ms(pending.event.event_time_ms))
+        };
+        let ctx = DecideContext {
+            trace_id: pending.trace.trace_id_hex(),
+            late,
+            watermark_lag_ms: lag,
+            started: pending.read_at,
+        };
+        let decision = self.state.scorer.decide(&pending.event, &features, &ctx);
+        self.state.metrics.decided(&decision, pending.read_at.elapsed());
+        let topics = &self.state.config.kafka.topics;
+        let fut = send_outputs(
+            self.producer.clone(),
+            topics.decisions.clone(),
+            late.then(|| topics.events_late.clone()),
+            decision,
+            pending,
+        );
+        let (p, o) = fut.0;
+        self.push(p, o, fut.1);
+    }
+
+    fn push(&mut self, p: i32, o: i64, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.in_flight.push(Box::pin(async move {
+            fut.await;
+            (p, o)
+        }));
+    }
+
+    /// Every output of `(p, o)` is acknowledged: store the partition's committable offset.
+    fn acknowledged(&mut self, p: i32, o: i64) {
+        let Some(tracker) = self.trackers.get_mut(&p) else {
+            return; // revoked meanwhile
+        };
+        tracker.done(o);
+        if let Some(next) = tracker.committable() {
+            let topic = self.state.config.kafka.topics.events.clone();
+            let mut tpl = TopicPartitionList::new();
+            if tpl.add_partition_offset(&topic, p, Offset::Offset(next)).is_ok()
+                && let Err(e) = self.consumer.store_offsets(&tpl)
+            {
+                tracing::debug!(partition = p, error = %e, "store offset");
+            }
+        }
+    }
+}
+
+/// Sends the decision (and, for a late event, its copy to the late topic), retrying until
+/// Kafka acknowledges.
+fn send_outputs(
+    producer: FutureProducer,
+    decisions_topic: String,
+    late_topic: Option<String>,
+    decision: Decision,
+    pending: Pending,
+) -> ((i32, i64), impl std::future::Future<Output = ()> + Send + 'static) {
+    let id = (pending.partition, pending.offset);
+    let fut = async move {
+        let child = pending.trace.child().to_string();
+        let value = serde_json::to_vec(&decision).unwrap_or_default();
+        let key = decision.event_id.to_string();
+        let headers = riskstream_common::kafka::headers([(header::TRACEPARENT, child.as_str())]);
+        send_with_retry(&producer, &decisions_topic, Some(key.as_bytes()), &value, headers).await;
+        if let Some(late_topic) = late_topic {
+            let headers = riskstream_common::kafka::headers([
+                (header::TRACEPARENT, child.as_str()),
+                (header::DLQ_REASON, "event later than the watermark minus the allowed lateness"),
+            ]);
+            send_with_retry(&producer, &late_topic, pending.key.as_deref(), &pending.payload, headers).await;
+        }
+    };
+    (id, fut)
+}
+
+/// Copies a poison record to the dead-letter topic with the reason in its headers.
+fn dead_letter(
+    producer: FutureProducer,
+    topic: String,
+    m: &BorrowedMessage<'_>,
+    reason: String,
+    code: &'static str,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let payload = m.payload().unwrap_or_default().to_vec();
+    let key = m.key().map(<[u8]>::to_vec);
+    let (src_topic, src_part, src_off) = (m.topic().to_string(), m.partition().to_string(), m.offset().to_string());
+    let mut carried: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(h) = m.headers() {
+        for h in h.iter() {
+            carried.push((h.key.to_string(), h.value.unwrap_or_default().to_vec()));
+        }
+    }
+    tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %reason, "poison event sent to the dead-letter topic");
+    async move {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &carried {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        for (k, v) in [
+            (header::DLQ_REASON, reason.as_str()),
+            (header::DLQ_ERROR_CODE, code),
+            (header::DLQ_SOURCE_TOPIC, src_topic.as_str()),
+            (header::DLQ_SOURCE_PARTITION, src_part.as_str()),
+            (header::DLQ_SOURCE_OFFSET, src_off.as_str()),
+        ] {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        send_with_retry(&producer, &topic, key.as_deref(), &payload, headers).await;
+    }
+}
+
+async fn send_with_retry(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        match producer.send(record, Timeout::After(Duration::from_secs(30))).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                tracing::warn!(topic, error = %e, "output not acknowledged, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The worker's configuration: the `[worker]` section plus the shared `[kafka]` one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use riskstream_common::config::Validate;
+use riskstream_common::kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::features::StateConfig;
+use crate::scoring::ScoringConfig;
+
+/// Where the shipped feature definitions live.
+pub const DEFAULT_FEATURES_PATH: &str = "config/features.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Admin HTTP (`/v1/features/{entity}/{key}`, `/metrics`, `/healthz`, `/readyz`).
+    pub listen: String,
+    /// Kafka consumer group of the workers.
+    pub group_id: String,
+    /// Feature definitions (TOML).
+    pub features_path: PathBuf,
+    /// Bounded out-of-orderness: the watermark is the newest event time seen minus this.
+    #[serde(with = "humantime_serde")]
+    pub out_of_orderness: Duration,
+    /// A partition with no new event for this long releases its reorder buffer.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most events read but not yet acknowledged downstream (backpressure beyond it).
+    pub max_in_flight: usize,
+    /// Bound on draining at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Window state: memory bound, allowed lateness, expiry.
+    pub state: StateConfig,
+    pub scoring: ScoringConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            group_id: "riskstream-worker".into(),
+            features_path: DEFAULT_FEATURES_PATH.into(),
+            out_of_orderness: Duration::from_millis(10),
+            idle_timeout: Duration::from_millis(10),
+            max_in_flight: 20_000,
+            shutdown_timeout: Duration::from_secs(15),
+            state: StateConfig {
+                allowed_lateness: Duration::ZERO,
+                ..StateConfig::default()
+            },
+            scoring: ScoringConfig::default(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.max_in_flight == 0 {
+            v.push("worker.max_in_flight must be positive".into());
+        }
+        if self.idle_timeout.is_zero() {
+            v.push("worker.idle_timeout must be positive".into());
+        }
+        if self.group_id.trim().is_empty() {
+            v.push("worker.group_id must not be empty".into());
+        }
+        v
+    }
+}
+
+/// Everything the worker needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub worker: WorkerConfig,
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<String> {
+        self.worker.problems()
+    }
+}

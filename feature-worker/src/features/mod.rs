@@ -1,0 +1,16 @@
+//! The feature-worker's synchronous, I/O-free feature core: feature definitions (TOML,
+//! validated), per-(group, entity key) bucketed window state in `moka`, and the engine that
+//! updates and reads every feature of an event in one step. The Kafka loop, repartitioning
+//! and the admin port build on this. Semantics: `docs/features.md`.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+mod state;
+
+pub use config::{
+    Aggregation, EventField, Feature, FeatureDef, FeatureGroup, FeatureSet, FilterDef, KeySpec,
+    Predicate, Scalar, WindowDef, WindowSpec,
+};
+pub use engine::{FeatureEngine, StateConfig, StateStats, StateStatsSnapshot};
+pub use error::{FeatureConfigError, FeatureEngineError, FeatureProblem};

@@ -1,0 +1,123 @@
+//! The worker's Prometheus metrics (one registry per `App`; labels never carry entity keys).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use riskstream_common::Decision;
+use riskstream_common::metrics::{Counter, Family, Gauge, Histogram, Registry, latency_histogram};
+
+use crate::features::FeatureEngine;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: String,
+}
+
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub registry: Arc<Registry>,
+    /// Events by what happened to them: `decided`, `late`, `dlq`.
+    pub events: Family<ResultLabel, Counter>,
+    pub decisions: Family<OutcomeLabel, Counter>,
+    pub processing_latency: Histogram,
+    pub state_keys: Gauge,
+    pub state_bytes: Gauge,
+    pub state_evictions: Family<CauseLabel, Counter>,
+    seen_evictions: Arc<[AtomicU64; 3]>,
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("riskstream_worker");
+        let events = Family::<ResultLabel, Counter>::default();
+        let decisions = Family::<OutcomeLabel, Counter>::default();
+        let processing_latency = latency_histogram();
+        let state_keys = Gauge::default();
+        let state_bytes = Gauge::default();
+        let state_evictions = Family::<CauseLabel, Counter>::default();
+        r.register("events", "Events read, by result (decided, late, dlq)", events.clone());
+        r.register("decisions", "Decisions by outcome", decisions.clone());
+        r.register(
+            "processing_latency_seconds",
+            "From reading an event to its decision being handed to the producer",
+            processing_latency.clone(),
+        );
+        r.register("state_keys", "Keys held in window state", state_keys.clone());
+        r.register("state_bytes", "Approximate bytes of window state", state_bytes.clone());
+        r.register(
+            "state_evictions",
+            "Keys evicted from window state by cause (size = state lost)",
+            state_evictions.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            events,
+            decisions,
+            processing_latency,
+            state_keys,
+            state_bytes,
+            state_evictions,
+            seen_evictions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
+        }
+    }
+
+    pub fn event(&self, result: &str) {
+        self.events
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn decided(&self, d: &Decision, latency: Duration) {
+        if !d.late {
+            self.event("decided");
+        }
+        self.decisions
+            .get_or_create(&OutcomeLabel {
+                outcome: d.outcome.as_str().to_string(),
+            })
+            .inc();
+        self.processing_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Copies the engine's state figures into the gauges and counters.
+    pub fn observe_state(&self, engine: &FeatureEngine) {
+        self.state_keys.set(engine.entry_count() as i64);
+        self.state_bytes.set(engine.weighted_size_bytes() as i64);
+        let s = engine.stats().snapshot();
+        for (i, (cause, total)) in [
+            ("expired", s.evicted_expired),
+            ("size", s.evicted_size),
+            ("explicit", s.evicted_explicit),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let before = self.seen_evictions[i].swap(total, Ordering::Relaxed);
+            if total > before {
+                self.state_evictions
+                    .get_or_create(&CauseLabel { cause: cause.into() })
+                    .inc_by(total - before);
+            }
+        }
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
