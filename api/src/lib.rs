@@ -1,1 +1,229 @@
-//! placeholder
+//! The query api (axum) over ClickHouse: the Jaeger-compatible query API (for the Jaeger UI and
+//! Grafana's Jaeger data source), native traces as trees, decisions, and `/healthz`,
+//! `/readyz`, `/metrics`. See `docs/tracing.md`.
+//!
+//! Entry points: [`Config`], [`AppState::new`], [`router`], [`App::build`],
+//! [`App::run_until_stopped`].
+
+pub mod config;
+pub mod error;
+pub mod jaeger;
+pub mod native;
+pub mod params;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use riskstream_common::config::{ConfigError, Validate};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ApiSection, Config};
+pub use error::{ApiError, JaegerError};
+pub use store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    status: u16,
+}
+
+/// The api's Prometheus metrics (one registry per state).
+#[derive(Clone)]
+pub struct ApiMetrics {
+    registry: Arc<Mutex<Registry>>,
+    requests: Family<RouteLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("api");
+        let requests = Family::<RouteLabels, Counter>::default();
+        let latency: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "HTTP request latency by route and status",
+            latency.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            requests,
+            latency,
+        }
+    }
+}
+
+impl ApiMetrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// What every handler reads.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: ApiMetrics,
+    pub default_search_limit: u32,
+    pub max_limit: u32,
+}
+
+impl AppState {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            store: Store::new(config.clickhouse.client()),
+            metrics: ApiMetrics::default(),
+            default_search_limit: config.api.default_search_limit,
+            max_limit: config.api.max_limit,
+        }
+    }
+}
+
+async fn track(State(metrics): State<ApiMetrics>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = RouteLabels {
+        route,
+        status: response.status().as_u16(),
+    };
+    metrics.requests.get_or_create(&labels).inc();
+    metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics_route(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.ping().await?;
+    Ok("ready")
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// Every route of the api.
+pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/api/traces/{trace_id}", get(jaeger::get_trace))
+        .route("/api/traces", get(jaeger::search))
+        .route("/api/services", get(jaeger::services))
+        .route(
+            "/api/services/{service}/operations",
+            get(jaeger::service_operations),
+        )
+        .route("/api/operations", get(jaeger::operations))
+        .route("/v1/traces/{trace_id}", get(native::get_trace))
+        .route("/v1/decisions/{event_id}", get(native::get_decision))
+        .route("/v1/decisions", get(native::list_decisions))
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_route))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(metrics, track))
+}
+
+/// Failures building or running the api.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiAppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A built api, listening, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Validates the configuration and binds the listener. ClickHouse need not be up yet
+    /// (`/readyz` tells).
+    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<App, ApiAppError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::new(problems).into());
+        }
+        let listener = TcpListener::bind(&config.api.listen)
+            .await
+            .map_err(|source| ApiAppError::Bind {
+                addr: config.api.listen.clone(),
+                source,
+            })?;
+        Ok(App {
+            listener,
+            router: router(AppState::new(&config)),
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until the shutdown token is cancelled, then finishes in-flight requests.
+    pub async fn run_until_stopped(self) -> Result<(), ApiAppError> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(self.shutdown.cancelled_owned())
+            .await
+            .map_err(ApiAppError::Serve)
+    }
+}

@@ -43,7 +43,11 @@ where
     load_from_env(file, overrides, Env::prefixed(ENV_PREFIX).split("__"))
 }
 
-fn load_from_env<T>(file: Option<&Path>, overrides: &[(&str, Value)], env: Env) -> Result<T, ConfigError>
+fn load_from_env<T>(
+    file: Option<&Path>,
+    overrides: &[(&str, Value)],
+    env: Env,
+) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
@@ -120,7 +124,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[svc]\ntimeout = \"250ms\"\nlimit = 3\n").unwrap();
-        let r: Root = load_from_env(Some(&path), &[("svc.limit", Value::from(7u32))], no_env()).unwrap();
+        let r: Root =
+            load_from_env(Some(&path), &[("svc.limit", Value::from(7u32))], no_env()).unwrap();
         assert_eq!(r.svc.timeout, Duration::from_millis(250));
         assert_eq!(r.svc.limit, 7);
         assert_eq!(r.svc.listen, "127.0.0.1:1");
@@ -155,7 +160,8 @@ mod tests {
         let err = load_from_env::<Root>(Some(&path), &[], no_env()).unwrap_err();
         assert_eq!(err.errors, vec!["svc.limit must be at least 1".to_string()]);
 
-        let err = load_from_env::<Root>(Some(Path::new("/nonexistent.toml")), &[], no_env()).unwrap_err();
+        let err =
+            load_from_env::<Root>(Some(Path::new("/nonexistent.toml")), &[], no_env()).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }
 }

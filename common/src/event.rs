@@ -212,7 +212,11 @@ impl EventDecoder {
             EventError::one(FieldError::new(
                 "$",
                 "malformed_json",
-                format!("malformed json at line {} column {}: {e}", e.line(), e.column()),
+                format!(
+                    "malformed json at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
             ))
         })?;
         self.decode_value(value, now_ms)
@@ -319,8 +323,9 @@ impl EventDecoder {
             (!ok).then(|| "must be an email address (local@domain)".into())
         });
         let currency = take_string(&mut obj, fields::CURRENCY, &mut errors, |s| {
-            (!is_iso_4217(s))
-                .then(|| "must be an iso 4217 currency code (three capital letters, e.g. EUR)".into())
+            (!is_iso_4217(s)).then(|| {
+                "must be an iso 4217 currency code (three capital letters, e.g. EUR)".into()
+            })
         });
         let country = take_string(&mut obj, fields::COUNTRY, &mut errors, |s| {
             let ok = s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase());
@@ -345,7 +350,9 @@ impl EventDecoder {
                 None
             }
         };
-        if amount.is_some() && currency.is_none() && !errors.iter().any(|e| e.field == fields::CURRENCY)
+        if amount.is_some()
+            && currency.is_none()
+            && !errors.iter().any(|e| e.field == fields::CURRENCY)
         {
             errors.push(FieldError::new(
                 fields::CURRENCY,
@@ -512,7 +519,9 @@ pub fn is_iso_4217(code: &str) -> bool {
 }
 
 /// Counts of field errors by code, for summaries.
-pub fn count_by_code<'a>(errors: impl IntoIterator<Item = &'a EventError>) -> BTreeMap<&'static str, u64> {
+pub fn count_by_code<'a>(
+    errors: impl IntoIterator<Item = &'a EventError>,
+) -> BTreeMap<&'static str, u64> {
     let mut m = BTreeMap::new();
     for e in errors {
         *m.entry(e.code()).or_insert(0) += 1;
@@ -566,10 +575,16 @@ mod tests {
     fn epoch_millis_and_offsets_are_accepted() {
         let mut v = good();
         v["event_time"] = json!(1_700_000_000_123_i64);
-        assert_eq!(dec().decode_value(v, NOW).unwrap().event_time_ms, 1_700_000_000_123);
+        assert_eq!(
+            dec().decode_value(v, NOW).unwrap().event_time_ms,
+            1_700_000_000_123
+        );
         let mut v = good();
         v["event_time"] = json!("2023-11-14T23:13:20.123+01:00");
-        assert_eq!(dec().decode_value(v, NOW).unwrap().event_time_ms, 1_700_000_000_123);
+        assert_eq!(
+            dec().decode_value(v, NOW).unwrap().event_time_ms,
+            1_700_000_000_123
+        );
     }
 
     #[test]
@@ -580,7 +595,18 @@ mod tests {
         });
         let err = dec().decode_value(v, NOW).unwrap_err();
         let fields: Vec<&str> = err.errors.iter().map(|e| e.field.as_str()).collect();
-        for f in ["event_id", "event_time", "amount", "currency", "ip", "email", "country", "attributes", "colour", "account_id"] {
+        for f in [
+            "event_id",
+            "event_time",
+            "amount",
+            "currency",
+            "ip",
+            "email",
+            "country",
+            "attributes",
+            "colour",
+            "account_id",
+        ] {
             assert!(fields.contains(&f), "{f} not named in {fields:?}");
         }
     }
@@ -624,7 +650,8 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
-            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
             ".{0,12}".prop_map(Value::String),
             "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z".prop_map(Value::String),
         ];
@@ -633,11 +660,16 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 prop::collection::btree_map(
                     prop_oneof![
-                        Just("event_id".to_string()), Just("event_time".to_string()),
-                        Just("account_id".to_string()), Just("amount".to_string()),
-                        Just("currency".to_string()), Just("ip".to_string()),
-                        Just("email".to_string()), Just("attributes".to_string()),
-                        Just("country".to_string()), Just("type".to_string()),
+                        Just("event_id".to_string()),
+                        Just("event_time".to_string()),
+                        Just("account_id".to_string()),
+                        Just("amount".to_string()),
+                        Just("currency".to_string()),
+                        Just("ip".to_string()),
+                        Just("email".to_string()),
+                        Just("attributes".to_string()),
+                        Just("country".to_string()),
+                        Just("type".to_string()),
                         "[a-z_]{1,8}",
                     ],
                     inner,

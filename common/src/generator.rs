@@ -99,7 +99,7 @@ impl Generator {
     fn normal_draft(&mut self) -> Draft {
         // Zipf-like skew: a few accounts are much more active than most.
         let u: f64 = self.rng.random();
-        let account = ((u * u * u) * self.cfg.accounts as f64) as u32 % self.cfg.accounts.max(1);
+        let account = (u.powf(1.3) * self.cfg.accounts as f64) as u32 % self.cfg.accounts.max(1);
         let card_ix = if self.rng.random_bool(0.8) { 0 } else { 1 };
         let country = self.home_country(account);
         // Log-normal-ish amount around 40 in the home currency.
@@ -111,7 +111,12 @@ impl Generator {
             account,
             card: format!("card-{account:06}-{card_ix}"),
             device: format!("dev-{account:06}-{}", account % 2),
-            ip: format!("{}.{}.{}", COUNTRIES[country].2, account % 250 + 1, (account / 250) % 250 + 1),
+            ip: format!(
+                "{}.{}.{}",
+                COUNTRIES[country].2,
+                account % 250 + 1,
+                (account / 250) % 250 + 1
+            ),
             country,
             merchant,
             amount: (amount * 100.0).round() / 100.0,
@@ -126,7 +131,10 @@ impl Generator {
         let event_id = uuid::Builder::from_unix_timestamp_millis(time_ms as u64, &id).into_uuid();
         let (country, currency, _) = COUNTRIES[d.country];
         let mut attributes = Map::new();
-        attributes.insert("mcc".into(), Value::String(format!("{}", 5000 + d.merchant % 900)));
+        attributes.insert(
+            "mcc".into(),
+            Value::String(format!("{}", 5000 + d.merchant % 900)),
+        );
         if let Some(p) = d.pattern {
             attributes.insert("synthetic_pattern".into(), Value::String(p.into()));
         }
@@ -262,12 +270,19 @@ mod tests {
 
     #[test]
     fn same_seed_same_events() {
-        let a: Vec<Event> = Generator::new(GeneratorConfig::default()).take(500).collect();
-        let b: Vec<Event> = Generator::new(GeneratorConfig::default()).take(500).collect();
-        assert_eq!(a, b);
-        let c: Vec<Event> = Generator::new(GeneratorConfig { seed: 7, ..Default::default() })
+        let a: Vec<Event> = Generator::new(GeneratorConfig::default())
             .take(500)
             .collect();
+        let b: Vec<Event> = Generator::new(GeneratorConfig::default())
+            .take(500)
+            .collect();
+        assert_eq!(a, b);
+        let c: Vec<Event> = Generator::new(GeneratorConfig {
+            seed: 7,
+            ..Default::default()
+        })
+        .take(500)
+        .collect();
         assert_ne!(a, c);
     }
 
@@ -286,19 +301,35 @@ mod tests {
             assert!(e.event_time_ms >= last, "out of order");
             last = e.event_time_ms;
             assert!(ids.insert(e.event_id), "duplicate id");
-            dec.decode_slice(&e.to_json_bytes(), e.event_time_ms).unwrap();
+            dec.decode_slice(&e.to_json_bytes(), e.event_time_ms)
+                .unwrap();
         }
-        for p in [pattern::CARD_TESTING, pattern::DEVICE_FARM, pattern::AMOUNT_SPIKE, pattern::IMPOSSIBLE_TRAVEL] {
+        for p in [
+            pattern::CARD_TESTING,
+            pattern::DEVICE_FARM,
+            pattern::AMOUNT_SPIKE,
+            pattern::IMPOSSIBLE_TRAVEL,
+        ] {
             let n = events
                 .iter()
-                .filter(|e| e.attributes.get("synthetic_pattern").and_then(Value::as_str) == Some(p))
+                .filter(|e| {
+                    e.attributes
+                        .get("synthetic_pattern")
+                        .and_then(Value::as_str)
+                        == Some(p)
+                })
                 .count();
             assert!(n > 10, "{p}: {n}");
         }
         // A card-testing burst really is many small amounts on one card.
         let tests: Vec<&Event> = events
             .iter()
-            .filter(|e| e.attributes.get("synthetic_pattern").and_then(Value::as_str) == Some(pattern::CARD_TESTING))
+            .filter(|e| {
+                e.attributes
+                    .get("synthetic_pattern")
+                    .and_then(Value::as_str)
+                    == Some(pattern::CARD_TESTING)
+            })
             .collect();
         assert!(tests.iter().all(|e| e.amount.unwrap() <= 2.0));
     }

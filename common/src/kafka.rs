@@ -24,8 +24,8 @@ pub mod topic {
     pub const SPANS_DLQ: &str = "otlp_spans.dlq";
     pub const RULES: &str = "rules";
     pub const LISTS: &str = "lists";
-    /// Prefix of the keyBy repartition topics (`repartition.<group>`).
-    pub const REPARTITION_PREFIX: &str = "repartition.";
+    /// The keyBy repartition topic (events keyed by feature group and entity key).
+    pub const REPARTITION: &str = "features.repartition";
     /// Per-event partial feature results, keyed by event id, gathered for scoring.
     pub const FEATURE_RESULTS: &str = "features.partial";
 }
@@ -55,8 +55,10 @@ pub struct Topics {
     pub spans_dlq: String,
     pub rules: String,
     pub lists: String,
-    /// Prefix for the keyBy repartition topics and the partial-result topic.
-    pub internal_prefix: String,
+    /// The keyBy repartition topic: events keyed by (feature group, entity key).
+    pub repartition: String,
+    /// Per-event partial feature results, keyed by event id, gathered for scoring.
+    pub feature_results: String,
 }
 
 impl Default for Topics {
@@ -70,7 +72,8 @@ impl Default for Topics {
             spans_dlq: topic::SPANS_DLQ.into(),
             rules: topic::RULES.into(),
             lists: topic::LISTS.into(),
-            internal_prefix: String::new(),
+            repartition: topic::REPARTITION.into(),
+            feature_results: topic::FEATURE_RESULTS.into(),
         }
     }
 }
@@ -89,11 +92,12 @@ impl Topics {
             spans_dlq: s(d.spans_dlq),
             rules: s(d.rules),
             lists: s(d.lists),
-            internal_prefix: format!("{suffix}."),
+            repartition: s(d.repartition),
+            feature_results: s(d.feature_results),
         }
     }
 
-    /// The user-facing topics (the internal ones are named by the worker from its feature groups).
+    /// Every topic the pipeline uses, internal ones included.
     pub fn all(&self) -> Vec<&str> {
         vec![
             &self.events,
@@ -104,6 +108,8 @@ impl Topics {
             &self.spans_dlq,
             &self.rules,
             &self.lists,
+            &self.repartition,
+            &self.feature_results,
         ]
     }
 }

@@ -3,7 +3,9 @@
 //! as text at `GET /metrics`. Labels are low-cardinality: never an entity key.
 
 pub use prometheus_client::encoding::EncodeLabelSet;
-pub use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
+pub use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
 pub use prometheus_client::registry::Registry;
 
 /// Content type of the Prometheus text exposition format.

@@ -1,8 +1,42 @@
-//! Logging setup: `tracing` to stderr as text or JSON, filtered by `RUST_LOG` or the configured
-//! level. (OpenTelemetry span export is layered on here by the tracing work.)
+//! Telemetry setup: `tracing` logs to stderr (text or JSON) and, through `tracing-opentelemetry`
+//! and the OpenTelemetry SDK, spans exported as OTLP: straight to the Kafka `otlp_spans` topic as
+//! `ExportTraceServiceRequest` protobuf (the OpenTelemetry Collector Kafka exporter's
+//! `otlp_proto` encoding), or over OTLP/HTTP to any collector. Sampling is parent-based with a
+//! configurable ratio for new traces.
+//!
+//! Also the glue between spans and the W3C `traceparent` carried in HTTP and Kafka headers.
 
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use prost::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::kafka::KafkaConfig;
+use crate::trace_context::TraceParent;
+
+/// Span exporters.
+pub mod exporter {
+    /// ExportTraceServiceRequest protobuf records on the `otlp_spans` topic.
+    pub const KAFKA: &str = "kafka";
+    /// OTLP/HTTP protobuf to `otlp_endpoint`.
+    pub const OTLP: &str = "otlp";
+    pub const NONE: &str = "none";
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -12,6 +46,12 @@ pub struct TelemetryConfig {
     /// A `tracing` filter directive such as `info` or `riskstream_ingest=debug,info`;
     /// `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Where spans go: `kafka` (the `otlp_spans` topic), `otlp` (OTLP/HTTP), or `none`.
+    pub traces_exporter: String,
+    /// OTLP/HTTP traces endpoint, for `traces_exporter = "otlp"`.
+    pub otlp_endpoint: String,
+    /// Share of new traces sampled (0..=1); a caller's sampled flag is always followed.
+    pub sampling_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -19,6 +59,9 @@ impl Default for TelemetryConfig {
         Self {
             log_format: "text".into(),
             log_level: "info".into(),
+            traces_exporter: exporter::KAFKA.into(),
+            otlp_endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+            sampling_ratio: 1.0,
         }
     }
 }
@@ -33,23 +76,214 @@ impl TelemetryConfig {
             ));
         }
         if EnvFilter::try_new(&self.log_level).is_err() {
-            v.push(format!("telemetry.log_level {:?} is not a valid filter", self.log_level));
+            v.push(format!(
+                "telemetry.log_level {:?} is not a valid filter",
+                self.log_level
+            ));
+        }
+        if ![exporter::KAFKA, exporter::OTLP, exporter::NONE]
+            .contains(&self.traces_exporter.as_str())
+        {
+            v.push(format!(
+                "telemetry.traces_exporter must be \"kafka\", \"otlp\" or \"none\", got {:?}",
+                self.traces_exporter
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            v.push(format!(
+                "telemetry.sampling_ratio must be within 0..=1, got {}",
+                self.sampling_ratio
+            ));
         }
         v
     }
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(cfg: &TelemetryConfig) {
+/// Keeps the span pipeline alive; flushes and shuts it down when dropped.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.force_flush();
+            let _ = p.shutdown_with_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Installs the global subscriber: logs, and spans of `service_name` to the configured exporter
+/// (`kafka` needs `kafka`). Later calls in the same process only log a note.
+pub fn init(
+    cfg: &TelemetryConfig,
+    service_name: &str,
+    kafka: Option<&KafkaConfig>,
+) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if cfg.log_format == "json" {
-        builder.json().try_init()
+    let provider = build_provider(cfg, service_name, kafka);
+    let otel = provider.as_ref().map(|p| {
+        // Only our own spans go to OpenTelemetry; dependencies' spans stay in the logs.
+        let targets = tracing_subscriber::filter::Targets::new()
+            .with_target("riskstream", tracing::Level::INFO)
+            .with_default(tracing::level_filters::LevelFilter::OFF);
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service_name.to_string()))
+            .with_filter(targets)
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(otel);
+    let result = if cfg.log_format == "json" {
+        registry.with(fmt.json().with_filter(filter)).try_init()
     } else {
-        builder.try_init()
+        registry.with(fmt.with_filter(filter)).try_init()
     };
+    if result.is_err() {
+        tracing::debug!("telemetry was already initialised in this process");
+        return TelemetryGuard { provider: None };
+    }
+    TelemetryGuard { provider }
+}
+
+use tracing_subscriber::Layer as _;
+
+fn build_provider(
+    cfg: &TelemetryConfig,
+    service_name: &str,
+    kafka: Option<&KafkaConfig>,
+) -> Option<SdkTracerProvider> {
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_string())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampling_ratio)));
+    let builder = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_resource(resource);
+    match cfg.traces_exporter.as_str() {
+        exporter::KAFKA => {
+            let kafka = kafka?;
+            match KafkaSpanExporter::new(kafka) {
+                Ok(e) => Some(builder.with_batch_exporter(e).build()),
+                Err(e) => {
+                    eprintln!("warning: span export to kafka disabled: {e}");
+                    None
+                }
+            }
+        }
+        exporter::OTLP => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            use opentelemetry_otlp::WithExportConfig as _;
+            match exporter.with_endpoint(cfg.otlp_endpoint.clone()).build() {
+                Ok(e) => Some(builder.with_batch_exporter(e).build()),
+                Err(e) => {
+                    eprintln!("warning: otlp span export disabled: {e}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Exports span batches as `ExportTraceServiceRequest` protobuf records to the `otlp_spans`
+/// topic, acknowledged by Kafka before the batch counts as exported.
+pub struct KafkaSpanExporter {
+    producer: FutureProducer,
+    topic: String,
+    resource: ResourceAttributesWithSchema,
+}
+
+impl KafkaSpanExporter {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut k = kafka.clone();
+        k.client_id = format!("{}-spans", k.client_id);
+        Ok(Self {
+            producer: k.producer()?,
+            topic: kafka.topics.otlp_spans.clone(),
+            resource: ResourceAttributesWithSchema::default(),
+        })
+    }
+}
+
+impl std::fmt::Debug for KafkaSpanExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSpanExporter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpanExporter for KafkaSpanExporter {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let request = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
+        };
+        let bytes = request.encode_to_vec();
+        let enqueued = self
+            .producer
+            .send_result(FutureRecord::<(), [u8]>::to(&self.topic).payload(&bytes))
+            .map_err(|(e, _)| OTelSdkError::InternalFailure(format!("enqueue spans: {e}")));
+        async move {
+            match enqueued?.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(OTelSdkError::InternalFailure(format!(
+                    "spans not acknowledged: {e}"
+                ))),
+                Err(_) => Err(OTelSdkError::InternalFailure("span producer gone".into())),
+            }
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.into();
+    }
+}
+
+/// The OpenTelemetry context of a remote parent given as a W3C traceparent.
+pub fn remote_context(parent: Option<&TraceParent>) -> Context {
+    match parent {
+        Some(p) => Context::new().with_remote_span_context(SpanContext::new(
+            p.trace_id,
+            p.span_id,
+            if p.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            true,
+            TraceState::default(),
+        )),
+        None => Context::new(),
+    }
+}
+
+/// Makes `span` a child of `parent` (when given) and returns the traceparent to send to the
+/// next hop: the span's own context when spans are being recorded, otherwise a fresh child id
+/// in the same trace (or a new trace), so trace context always travels.
+pub fn link_span(span: &tracing::Span, parent: Option<&TraceParent>) -> TraceParent {
+    if let Some(p) = parent {
+        let _ = span.set_parent(remote_context(Some(p)));
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        TraceParent {
+            trace_id: sc.trace_id(),
+            span_id: sc.span_id(),
+            sampled: sc.is_sampled(),
+        }
+    } else {
+        match parent {
+            Some(p) => p.child(),
+            None => TraceParent::new_root(),
+        }
+    }
 }

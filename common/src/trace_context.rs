@@ -38,7 +38,12 @@ impl TraceParent {
         } else {
             rest.get(..2)?
         };
-        if trace.len() != 32 || span.len() != 16 || !is_lower_hex(trace) || !is_lower_hex(span) || !is_lower_hex(flags) {
+        if trace.len() != 32
+            || span.len() != 16
+            || !is_lower_hex(trace)
+            || !is_lower_hex(span)
+            || !is_lower_hex(flags)
+        {
             return None;
         }
         let trace_id = TraceId::from_hex(trace).ok()?;
@@ -104,7 +109,8 @@ fn random_span_id() -> SpanId {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl fmt::Display for TraceParent {
@@ -148,7 +154,10 @@ mod tests {
             assert!(TraceParent::parse(bad).is_none(), "{bad}");
         }
         // A future version may carry more fields.
-        assert!(TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
     }
 
     #[test]

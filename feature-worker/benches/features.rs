@@ -83,7 +83,14 @@ fn generate(n: usize) -> Vec<Event> {
                 currency: Some("EUR".into()),
                 country: Some(["DE", "FR", "NL", "US"][rng.random_range(0..4)].into()),
                 channel: Some("web".into()),
-                event_type: Some(if rng.random_bool(0.9) { "payment" } else { "refund" }.into()),
+                event_type: Some(
+                    if rng.random_bool(0.9) {
+                        "payment"
+                    } else {
+                        "refund"
+                    }
+                    .into(),
+                ),
                 attributes: Default::default(),
             }
         })

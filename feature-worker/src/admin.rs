@@ -1,4 +1,5 @@
-//! The worker's admin HTTP: live window values of one key, Prometheus metrics, health.
+//! The worker's admin HTTP: live window values of one key, the running rule set, Prometheus
+//! metrics, health.
 
 use axum::Json;
 use axum::Router;
@@ -14,14 +15,22 @@ use crate::app::WorkerState;
 pub fn router(state: WorkerState) -> Router {
     Router::new()
         .route("/v1/features/{entity}/{key}", get(features))
+        .route("/v1/rules", get(rules))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .route(
+            "/readyz",
+            get(|| async { Json(json!({"status": "ready"})) }),
+        )
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (status, Json(json!({"code": code, "message": message, "data": null}))).into_response()
+    (
+        status,
+        Json(json!({"code": code, "message": message, "data": null})),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,14 +41,21 @@ struct AtQuery {
 
 /// `GET /v1/features/{entity}/{key}`: `entity` is the group's key spec (`card_id`,
 /// `card_id+merchant_id`, ...); composite keys give their parts joined by `|`.
-async fn features(State(s): State<WorkerState>, Path((entity, key)): Path<(String, String)>, Query(q): Query<AtQuery>) -> Response {
+async fn features(
+    State(s): State<WorkerState>,
+    Path((entity, key)): Path<(String, String)>,
+    Query(q): Query<AtQuery>,
+) -> Response {
     let set = s.engine.feature_set();
     let Some(group) = set.group_index(&entity) else {
         let known: Vec<String> = set.groups().iter().map(|g| g.key_spec().name()).collect();
         return error(
             StatusCode::NOT_FOUND,
             "unknown_entity",
-            format!("no feature is keyed by {entity:?}; keyed entities: {}", known.join(", ")),
+            format!(
+                "no feature is keyed by {entity:?}; keyed entities: {}",
+                known.join(", ")
+            ),
         );
     };
     let key_parts: Vec<&str> = key.split('|').collect();
@@ -53,16 +69,46 @@ async fn features(State(s): State<WorkerState>, Path((entity, key)): Path<(Strin
             }
             Json(json!({"entity": entity, "key": key, "at_ms": at, "features": m})).into_response()
         }
-        Ok(None) => error(StatusCode::NOT_FOUND, "no_state", format!("no window state for {entity} {key:?} on this worker")),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "no_state",
+            format!("no window state for {entity} {key:?} on this worker"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 
+/// `GET /v1/rules`: the running rule set's version and rules, whether the control topics were
+/// replayed, and the last refused update with its problems.
+async fn rules(State(s): State<WorkerState>) -> Response {
+    let set = s.scorer.rules().current();
+    let rules: Vec<Value> = set
+        .rules()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect();
+    Json(json!({
+        "version": set.version(),
+        "rules": rules,
+        "control_caught_up": s.control.is_caught_up(),
+        "last_rejected": s.control.last_rejection(),
+    }))
+    .into_response()
+}
+
 async fn metrics(State(s): State<WorkerState>) -> Response {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
     s.metrics.observe_state(&s.engine);
+    let mut out = String::new();
+    // Encoding into a String cannot fail.
+    let _ = encode_registry(&mut out, &s.metrics.registry);
+    let _ = encode_registry(&mut out, &s.control.metrics.registry);
+    let _ = encode_eof(&mut out);
     (
-        [(header::CONTENT_TYPE, riskstream_common::metrics::CONTENT_TYPE)],
-        riskstream_common::metrics::render(&s.metrics.registry),
+        [(
+            header::CONTENT_TYPE,
+            riskstream_common::metrics::CONTENT_TYPE,
+        )],
+        out,
     )
         .into_response()
 }

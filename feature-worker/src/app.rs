@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -22,6 +24,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use riskstream_common::kafka::{header, header_str};
 use riskstream_common::shutdown::CancellationToken;
+use riskstream_common::telemetry::link_span;
 use riskstream_common::trace_context::TraceParent;
 use riskstream_common::{Decision, Event, EventDecoder, FeatureValue, now_ms};
 use tokio::net::TcpListener;
@@ -54,14 +57,24 @@ pub struct WorkerState {
     pub scorer: Arc<Scorer>,
     pub metrics: WorkerMetrics,
     pub config: Arc<Config>,
+    /// Rule and list updates (file watcher, control topics): see [`crate::control`].
+    pub control: Arc<crate::control::ControlState>,
 }
 
 /// The feature names and kinds the scorer validates rules and models against.
 pub fn catalog_of(set: &FeatureSet) -> FeatureCatalog {
     use crate::features::Aggregation;
     FeatureCatalog::new(set.features().map(|f| {
-        let text = f.aggregation() == Aggregation::Last && f.field().is_some_and(|fl| !fl.is_numeric());
-        (f.name().to_string(), if text { FeatureKind::Text } else { FeatureKind::Number })
+        let text =
+            f.aggregation() == Aggregation::Last && f.field().is_some_and(|fl| !fl.is_numeric());
+        (
+            f.name().to_string(),
+            if text {
+                FeatureKind::Text
+            } else {
+                FeatureKind::Number
+            },
+        )
     }))
 }
 
@@ -111,10 +124,16 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, WorkerError> {
-        let set = FeatureSet::from_file(&config.worker.features_path)
-            .map_err(|e| WorkerError::Features(format!("{}: {e}", config.worker.features_path.display())))?;
+        let set = FeatureSet::from_file(&config.worker.features_path).map_err(|e| {
+            WorkerError::Features(format!("{}: {e}", config.worker.features_path.display()))
+        })?;
         let catalog = catalog_of(&set);
-        let scorer = Scorer::from_config(&config.worker.scoring, catalog).map_err(|e| WorkerError::Scoring(e.to_string()))?;
+        let scorer = Scorer::from_config(&config.worker.scoring, catalog)
+            .map_err(|e| WorkerError::Scoring(e.to_string()))?;
+        // The rules file as the scorer just loaded it: the watcher applies only later changes.
+        let control = Arc::new(crate::control::ControlState::with_rules_file(
+            &config.worker.scoring.rules_path,
+        ));
         let engine = FeatureEngine::new(set, config.worker.state.clone());
         let consumer: Consumer_ = config
             .kafka
@@ -131,6 +150,7 @@ impl App {
                 scorer: Arc::new(scorer),
                 metrics: WorkerMetrics::new(),
                 config: Arc::new(config),
+                control,
             },
             consumer: Arc::new(consumer),
             producer,
@@ -184,9 +204,30 @@ impl App {
                 }
             })
         };
+        let control = {
+            let w = &state.config.worker;
+            let cfg = crate::control::ControlConfig {
+                kafka: state.config.kafka.clone(),
+                group_id: w.group_id.clone(),
+                rules_path: w.scoring.rules_path.clone(),
+                rules_poll_interval: w.rules_poll_interval,
+            };
+            tokio::spawn(crate::control::run(
+                cfg,
+                state.scorer.clone(),
+                state.control.clone(),
+                shutdown.clone(),
+            ))
+        };
+        // Decide with the fleet's latest rule set from the first event on (bounded wait).
+        state
+            .control
+            .wait_caught_up(state.config.worker.control_catch_up_timeout)
+            .await;
         let mut lp = Loop::new(state.clone(), consumer.clone(), producer.clone());
         lp.run(shutdown.clone()).await;
         let _ = maintenance.await;
+        let _ = control.await;
         let _ = admin.await;
         let _ = tokio::task::spawn_blocking(move || {
             let _ = consumer.commit_consumer_state(CommitMode::Sync);
@@ -201,7 +242,8 @@ impl App {
 /// One event read from Kafka, waiting for its turn in the reorder buffer.
 struct Pending {
     event: Event,
-    trace: TraceParent,
+    /// The `traceparent` the event arrived with (the producer's span), if valid.
+    parent: Option<TraceParent>,
     partition: i32,
     offset: i64,
     read_at: Instant,
@@ -251,7 +293,8 @@ impl Loop {
 
     async fn run(&mut self, shutdown: CancellationToken) {
         let max_in_flight = self.state.config.worker.max_in_flight;
-        let mut tick = tokio::time::interval(self.clock_cfg.idle_timeout.max(Duration::from_millis(1)) / 2);
+        let mut tick =
+            tokio::time::interval(self.clock_cfg.idle_timeout.max(Duration::from_millis(1)) / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = self.consumer.clone();
         loop {
@@ -288,7 +331,10 @@ impl Loop {
                 Ok(Some((p, o))) => self.acknowledged(p, o),
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(in_flight = self.in_flight.len(), "drain timed out; unacknowledged events will be read again");
+                    tracing::warn!(
+                        in_flight = self.in_flight.len(),
+                        "drain timed out; unacknowledged events will be read again"
+                    );
                     break;
                 }
             }
@@ -324,15 +370,21 @@ impl Loop {
             Ok(e) => e,
             Err(err) => {
                 self.state.metrics.event("dlq");
-                let fut = dead_letter(self.producer.clone(), self.state.config.kafka.topics.events_dlq.clone(), m, err.to_string(), err.code());
+                let fut = dead_letter(
+                    self.producer.clone(),
+                    self.state.config.kafka.topics.events_dlq.clone(),
+                    m,
+                    err.to_string(),
+                    err.code(),
+                );
                 self.push(p, offset, fut);
                 return;
             }
         };
-        let trace = TraceParent::continue_or_new(header_str(m.headers(), header::TRACEPARENT));
+        let parent = header_str(m.headers(), header::TRACEPARENT).and_then(TraceParent::parse);
         let pending = Pending {
             event,
-            trace,
+            parent,
             partition: p,
             offset,
             read_at,
@@ -352,7 +404,11 @@ impl Loop {
             }
             (Admission::Late { .. }, None) => {}
         }
-        let ready = self.clocks.get_mut(&p).map(|c| c.release(read_at)).unwrap_or_default();
+        let ready = self
+            .clocks
+            .get_mut(&p)
+            .map(|c| c.release(read_at))
+            .unwrap_or_default();
         for pending in ready {
             self.decide(pending, false, 0);
         }
@@ -370,17 +426,33 @@ impl Loop {
 
     /// Computes features and the decision for one event and sends its outputs.
     fn decide(&mut self, pending: Pending, late: bool, lag_ms: i64) {
+        let span = tracing::info_span!(
+            "process event",
+            otel.name = "riskstream.worker.process",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.kafka.partition = pending.partition,
+            messaging.kafka.offset = pending.offset,
+            event_id = %pending.event.event_id,
+            late,
+        );
+        let trace = link_span(&span, pending.parent.as_ref());
+        let _entered = span.enter();
         let engine = &self.state.engine;
-        let features = if late {
-            // A late event is not added to state and gets no feature values.
-            engine
-                .feature_set()
-                .features()
-                .map(|f| (f.name().to_string(), FeatureValue::Null))
-                .collect()
-        } else {
-            engine.process_all(&pending.event)
-        };
+        let features_span =
+            tracing::info_span!("features.update", otel.name = "riskstream.features.update");
+        let features = features_span.in_scope(|| {
+            if late {
+                // A late event is not added to state and gets no feature values.
+                engine
+                    .feature_set()
+                    .features()
+                    .map(|f| (f.name().to_string(), FeatureValue::Null))
+                    .collect()
+            } else {
+                engine.process_all(&pending.event)
+            }
+        });
         let lag = if late {
             lag_ms
         } else {
@@ -389,26 +461,45 @@ impl Loop {
                 .map_or(0, |c| c.lag_ms(pending.event.event_time_ms))
         };
         let ctx = DecideContext {
-            trace_id: pending.trace.trace_id_hex(),
+            trace_id: trace.trace_id_hex(),
             late,
             watermark_lag_ms: lag,
             started: pending.read_at,
         };
-        let decision = self.state.scorer.decide(&pending.event, &features, &ctx);
-        self.state.metrics.decided(&decision, pending.read_at.elapsed());
+        let decision = tracing::info_span!("score", otel.name = "riskstream.score")
+            .in_scope(|| self.state.scorer.decide(&pending.event, &features, &ctx));
+        self.state
+            .metrics
+            .decided(&decision, pending.read_at.elapsed());
         let topics = &self.state.config.kafka.topics;
+        let produce_span = tracing::info_span!(
+            "kafka.produce",
+            otel.name = "riskstream.decision.produce",
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = %topics.decisions,
+            outcome = decision.outcome.as_str(),
+        );
+        let out_trace = link_span(&produce_span, Some(&trace));
         let fut = send_outputs(
             self.producer.clone(),
             topics.decisions.clone(),
             late.then(|| topics.events_late.clone()),
             decision,
             pending,
+            out_trace,
         );
+        let fut = (fut.0, tracing::Instrument::instrument(fut.1, produce_span));
         let (p, o) = fut.0;
         self.push(p, o, fut.1);
     }
 
-    fn push(&mut self, p: i32, o: i64, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    fn push(
+        &mut self,
+        p: i32,
+        o: i64,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         self.in_flight.push(Box::pin(async move {
             fut.await;
             (p, o)
@@ -424,7 +515,9 @@ impl Loop {
         if let Some(next) = tracker.committable() {
             let topic = self.state.config.kafka.topics.events.clone();
             let mut tpl = TopicPartitionList::new();
-            if tpl.add_partition_offset(&topic, p, Offset::Offset(next)).is_ok()
+            if tpl
+                .add_partition_offset(&topic, p, Offset::Offset(next))
+                .is_ok()
                 && let Err(e) = self.consumer.store_offsets(&tpl)
             {
                 tracing::debug!(partition = p, error = %e, "store offset");
@@ -441,20 +534,41 @@ fn send_outputs(
     late_topic: Option<String>,
     decision: Decision,
     pending: Pending,
-) -> ((i32, i64), impl std::future::Future<Output = ()> + Send + 'static) {
+    trace: TraceParent,
+) -> (
+    (i32, i64),
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let id = (pending.partition, pending.offset);
     let fut = async move {
-        let child = pending.trace.child().to_string();
+        let child = trace.to_string();
         let value = serde_json::to_vec(&decision).unwrap_or_default();
         let key = decision.event_id.to_string();
         let headers = riskstream_common::kafka::headers([(header::TRACEPARENT, child.as_str())]);
-        send_with_retry(&producer, &decisions_topic, Some(key.as_bytes()), &value, headers).await;
+        send_with_retry(
+            &producer,
+            &decisions_topic,
+            Some(key.as_bytes()),
+            &value,
+            headers,
+        )
+        .await;
         if let Some(late_topic) = late_topic {
             let headers = riskstream_common::kafka::headers([
                 (header::TRACEPARENT, child.as_str()),
-                (header::DLQ_REASON, "event later than the watermark minus the allowed lateness"),
+                (
+                    header::DLQ_REASON,
+                    "event later than the watermark minus the allowed lateness",
+                ),
             ]);
-            send_with_retry(&producer, &late_topic, pending.key.as_deref(), &pending.payload, headers).await;
+            send_with_retry(
+                &producer,
+                &late_topic,
+                pending.key.as_deref(),
+                &pending.payload,
+                headers,
+            )
+            .await;
         }
     };
     (id, fut)
@@ -470,7 +584,11 @@ fn dead_letter(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let payload = m.payload().unwrap_or_default().to_vec();
     let key = m.key().map(<[u8]>::to_vec);
-    let (src_topic, src_part, src_off) = (m.topic().to_string(), m.partition().to_string(), m.offset().to_string());
+    let (src_topic, src_part, src_off) = (
+        m.topic().to_string(),
+        m.partition().to_string(),
+        m.offset().to_string(),
+    );
     let mut carried: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(h) = m.headers() {
         for h in h.iter() {
@@ -481,7 +599,10 @@ fn dead_letter(
     async move {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &carried {
-            headers = headers.insert(Header { key: k, value: Some(v) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
         }
         for (k, v) in [
             (header::DLQ_REASON, reason.as_str()),
@@ -490,20 +611,34 @@ fn dead_letter(
             (header::DLQ_SOURCE_PARTITION, src_part.as_str()),
             (header::DLQ_SOURCE_OFFSET, src_off.as_str()),
         ] {
-            headers = headers.insert(Header { key: k, value: Some(v) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
         }
         send_with_retry(&producer, &topic, key.as_deref(), &payload, headers).await;
     }
 }
 
-async fn send_with_retry(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders) {
+async fn send_with_retry(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .headers(headers.clone());
         if let Some(k) = key {
             record = record.key(k);
         }
-        match producer.send(record, Timeout::After(Duration::from_secs(30))).await {
+        match producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+        {
             Ok(_) => return,
             Err((e, _)) => {
                 tracing::warn!(topic, error = %e, "output not acknowledged, retrying");

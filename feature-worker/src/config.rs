@@ -36,6 +36,13 @@ pub struct WorkerConfig {
     /// Window state: memory bound, allowed lateness, expiry.
     pub state: StateConfig,
     pub scoring: ScoringConfig,
+    /// How often the rules file (`scoring.rules_path`) is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub rules_poll_interval: Duration,
+    /// Longest wait at start for the control topics (`rules`, `lists`) to be replayed before
+    /// events are processed.
+    #[serde(with = "humantime_serde")]
+    pub control_catch_up_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +60,8 @@ impl Default for WorkerConfig {
                 ..StateConfig::default()
             },
             scoring: ScoringConfig::default(),
+            rules_poll_interval: Duration::from_secs(1),
+            control_catch_up_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +74,9 @@ impl WorkerConfig {
         }
         if self.idle_timeout.is_zero() {
             v.push("worker.idle_timeout must be positive".into());
+        }
+        if self.rules_poll_interval.is_zero() {
+            v.push("worker.rules_poll_interval must be positive".into());
         }
         if self.group_id.trim().is_empty() {
             v.push("worker.group_id must not be empty".into());

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod features;
 pub mod metrics;
 pub mod scoring;

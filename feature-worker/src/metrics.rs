@@ -47,15 +47,27 @@ impl WorkerMetrics {
         let state_keys = Gauge::default();
         let state_bytes = Gauge::default();
         let state_evictions = Family::<CauseLabel, Counter>::default();
-        r.register("events", "Events read, by result (decided, late, dlq)", events.clone());
+        r.register(
+            "events",
+            "Events read, by result (decided, late, dlq)",
+            events.clone(),
+        );
         r.register("decisions", "Decisions by outcome", decisions.clone());
         r.register(
             "processing_latency_seconds",
             "From reading an event to its decision being handed to the producer",
             processing_latency.clone(),
         );
-        r.register("state_keys", "Keys held in window state", state_keys.clone());
-        r.register("state_bytes", "Approximate bytes of window state", state_bytes.clone());
+        r.register(
+            "state_keys",
+            "Keys held in window state",
+            state_keys.clone(),
+        );
+        r.register(
+            "state_bytes",
+            "Approximate bytes of window state",
+            state_bytes.clone(),
+        );
         r.register(
             "state_evictions",
             "Keys evicted from window state by cause (size = state lost)",
@@ -109,7 +121,9 @@ impl WorkerMetrics {
             let before = self.seen_evictions[i].swap(total, Ordering::Relaxed);
             if total > before {
                 self.state_evictions
-                    .get_or_create(&CauseLabel { cause: cause.into() })
+                    .get_or_create(&CauseLabel {
+                        cause: cause.into(),
+                    })
                     .inc_by(total - before);
             }
         }

@@ -61,7 +61,8 @@ impl<T> PartitionClock<T> {
 
     /// Events up to this time may be processed (no admissible event can arrive before it).
     fn release_bound_ms(&self) -> i64 {
-        self.watermark_ms().saturating_sub(self.cfg.allowed_lateness_ms)
+        self.watermark_ms()
+            .saturating_sub(self.cfg.allowed_lateness_ms)
     }
 
     /// How far `t` is behind the watermark (0 if not behind).
@@ -70,7 +71,13 @@ impl<T> PartitionClock<T> {
     }
 
     /// Admits one event: late, or buffered until its turn.
-    pub fn admit(&mut self, event_time_ms: i64, event_id: Uuid, item: T, now: Instant) -> (Admission, Option<T>) {
+    pub fn admit(
+        &mut self,
+        event_time_ms: i64,
+        event_id: Uuid,
+        item: T,
+        now: Instant,
+    ) -> (Admission, Option<T>) {
         self.last_arrival = Some(now);
         if event_time_ms < self.release_bound_ms() {
             return (
@@ -80,7 +87,10 @@ impl<T> PartitionClock<T> {
                 Some(item),
             );
         }
-        self.max_event_time_ms = Some(self.max_event_time_ms.map_or(event_time_ms, |m| m.max(event_time_ms)));
+        self.max_event_time_ms = Some(
+            self.max_event_time_ms
+                .map_or(event_time_ms, |m| m.max(event_time_ms)),
+        );
         self.buffer.insert((event_time_ms, event_id), item);
         (Admission::Buffered, None)
     }
@@ -96,7 +106,8 @@ impl<T> PartitionClock<T> {
             // advanced) bound will be late.
             if let Some(&(t, _)) = self.buffer.keys().next_back() {
                 let advanced = t.saturating_add(self.cfg.out_of_orderness_ms);
-                self.max_event_time_ms = Some(self.max_event_time_ms.map_or(advanced, |m| m.max(advanced)));
+                self.max_event_time_ms =
+                    Some(self.max_event_time_ms.map_or(advanced, |m| m.max(advanced)));
             }
             return std::mem::take(&mut self.buffer).into_values().collect();
         }
@@ -127,7 +138,10 @@ impl OffsetTracker {
     /// An offset was read and its output is not yet acknowledged.
     pub fn begin(&mut self, offset: i64) {
         self.pending.insert(offset);
-        self.next_after_seen = Some(self.next_after_seen.map_or(offset + 1, |n| n.max(offset + 1)));
+        self.next_after_seen = Some(
+            self.next_after_seen
+                .map_or(offset + 1, |n| n.max(offset + 1)),
+        );
     }
 
     /// The output of `offset` was acknowledged.
@@ -196,10 +210,11 @@ mod tests {
     #[test]
     fn ties_are_broken_by_event_id() {
         let now = Instant::now();
-        let mut c = PartitionClock::new(cfg(0, 0));
+        let mut c = PartitionClock::new(cfg(1, 0));
         c.admit(5, id(9), "b", now);
         c.admit(5, id(3), "a", now);
         c.admit(6, id(1), "c", now);
+        // Watermark 6 - 1 = 5: both events at 5 are released, by event id.
         assert_eq!(c.release(now), vec!["a", "b"]);
     }
 

@@ -42,7 +42,8 @@ fn field_value(e: &Event, field: &str) -> Option<FeatureValue> {
     if field == "amount" {
         e.amount.map(FeatureValue::Number)
     } else {
-        e.field_str(field).map(|s| FeatureValue::Text(s.to_string()))
+        e.field_str(field)
+            .map(|s| FeatureValue::Text(s.to_string()))
     }
 }
 
@@ -122,10 +123,17 @@ fn reference_value(events: &[Event], i: usize, f: &Feature) -> FeatureValue {
         let e = &events[j];
         e.event_time_ms >= lo && key_tuple(e, f).as_ref() == Some(&key) && passes(e, f)
     };
-    let set: Vec<&Event> = (0..=i).filter(|&j| in_window(j)).map(|j| &events[j]).collect();
+    let set: Vec<&Event> = (0..=i)
+        .filter(|&j| in_window(j))
+        .map(|j| &events[j])
+        .collect();
     let nums: Vec<f64> = set
         .iter()
-        .filter_map(|e| field.and_then(|fl| field_value(e, fl)).and_then(|v| v.as_f64()))
+        .filter_map(|e| {
+            field
+                .and_then(|fl| field_value(e, fl))
+                .and_then(|v| v.as_f64())
+        })
         .collect();
     let previous = || (0..i).rev().find(|&j| in_window(j)).map(|j| &events[j]);
     match agg {
@@ -246,8 +254,12 @@ prop_compose! {
 }
 
 fn arb_window() -> impl Strategy<Value = String> {
-    (0usize..3, prop::sample::select(vec![250i64, 1_000, 2_000, 5_000]), 1i64..6).prop_map(
-        |(kind, g, k)| match kind {
+    (
+        0usize..3,
+        prop::sample::select(vec![250i64, 1_000, 2_000, 5_000]),
+        1i64..6,
+    )
+        .prop_map(|(kind, g, k)| match kind {
             0 => format!("{{ kind = \"tumbling\", size = \"{}ms\" }}", g * k),
             1 => format!(
                 "{{ kind = \"hopping\", size = \"{}ms\", slide = \"{g}ms\" }}",
@@ -257,8 +269,7 @@ fn arb_window() -> impl Strategy<Value = String> {
                 "{{ kind = \"sliding\", size = \"{}ms\", granularity = \"{g}ms\" }}",
                 g * k
             ),
-        },
-    )
+        })
 }
 
 fn arb_filter() -> impl Strategy<Value = String> {
@@ -364,7 +375,14 @@ fn generated_events(n: usize, seed: u64) -> Vec<Event> {
                     .random_bool(0.9)
                     .then(|| ["DE", "FR", "NL"][rng.random_range(0..3)].to_string()),
                 channel: Some("web".into()),
-                event_type: Some(if rng.random_bool(0.9) { "payment" } else { "refund" }.into()),
+                event_type: Some(
+                    if rng.random_bool(0.9) {
+                        "payment"
+                    } else {
+                        "refund"
+                    }
+                    .into(),
+                ),
                 attributes: Default::default(),
             }
         })

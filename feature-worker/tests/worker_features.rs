@@ -40,7 +40,9 @@ fn worker_config(broker: &MockBroker, topics: &Topics) -> Config {
 
 fn close(a: &FeatureValue, b: &FeatureValue) -> bool {
     match (a, b) {
-        (FeatureValue::Number(x), FeatureValue::Number(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        (FeatureValue::Number(x), FeatureValue::Number(y)) => {
+            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+        }
         _ => a == b,
     }
 }
@@ -72,13 +74,18 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
         let payload = e.to_json_bytes();
         let key = e.account_id.clone().unwrap_or_default();
         producer
-            .send(FutureRecord::to(&topics.events).key(&key).payload(&payload), Timeout::Never)
+            .send(
+                FutureRecord::to(&topics.events).key(&key).payload(&payload),
+                Timeout::Never,
+            )
             .await
             .expect("produce");
     }
 
     let shutdown = CancellationToken::new();
-    let app = App::build(config.clone(), shutdown.clone()).await.expect("worker builds");
+    let app = App::build(config.clone(), shutdown.clone())
+        .await
+        .expect("worker builds");
     let admin = app.local_addr();
     let handle = tokio::spawn(app.run_until_stopped());
 
@@ -87,8 +94,13 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
     let decisions: HashMap<String, Decision> = records
         .iter()
         .map(|r| {
-            let d: Decision = serde_json::from_slice(r.value.as_deref().unwrap()).expect("decision json");
-            assert_eq!(r.key_str(), Some(d.event_id.to_string().as_str()), "keyed by event id");
+            let d: Decision =
+                serde_json::from_slice(r.value.as_deref().unwrap()).expect("decision json");
+            assert_eq!(
+                r.key_str(),
+                Some(d.event_id.to_string().as_str()),
+                "keyed by event id"
+            );
             (d.event_id.to_string(), d)
         })
         .collect();
@@ -105,8 +117,15 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
         let d = &decisions[&e.event_id.to_string()];
         assert!(!d.late, "nothing is late within the bound");
         for (name, want) in &expected {
-            let got = d.features.get(name).unwrap_or_else(|| panic!("{name} missing from decision"));
-            assert!(close(got, want), "event {} feature {name}: worker {got:?} reference {want:?}", e.event_id);
+            let got = d
+                .features
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} missing from decision"));
+            assert!(
+                close(got, want),
+                "event {} feature {name}: worker {got:?} reference {want:?}",
+                e.event_id
+            );
             checked += 1;
         }
     }
@@ -114,16 +133,36 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
 
     // The live window values of a key are served by the admin port.
     let card = ordered.last().unwrap().card_id.clone().unwrap();
-    let body: serde_json::Value = reqwest::get(format!("http://{admin}/v1/features/card_id/{card}?at_ms={}", ordered.last().unwrap().event_time_ms))
+    let body: serde_json::Value = reqwest::get(format!(
+        "http://{admin}/v1/features/card_id/{card}?at_ms={}",
+        ordered.last().unwrap().event_time_ms
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(
+        body["features"]["card_count_10m"].as_f64().unwrap() >= 1.0,
+        "{body}"
+    );
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap();
-    assert!(body["features"]["card_count_10m"].as_f64().unwrap() >= 1.0, "{body}");
-    let metrics = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!("riskstream_worker_events_total{{result=\"decided\"}} {n}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "riskstream_worker_events_total{{result=\"decided\"}} {n}"
+        )),
+        "{metrics}"
+    );
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), handle).await.expect("worker drains in time").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("worker drains in time")
+        .unwrap()
+        .unwrap();
 }

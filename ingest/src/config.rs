@@ -31,6 +31,19 @@ pub struct IngestConfig {
     pub shutdown_timeout: Duration,
     /// `Retry-After` seconds on 503.
     pub retry_after_secs: u32,
+    /// How long `POST /v1/decisions` waits for the decision before answering 202.
+    #[serde(with = "humantime_serde")]
+    pub decision_timeout: Duration,
+    /// The largest `?timeout_ms=` a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_decision_timeout: Duration,
+    /// Most requests waiting for a decision at once (503 beyond it).
+    pub max_pending_decisions: usize,
+    /// How long a decision seen on the decisions topic is served by `GET /v1/decisions/{id}`.
+    #[serde(with = "humantime_serde")]
+    pub recent_decisions_ttl: Duration,
+    /// Bound on the recent-decisions cache (bytes of decision JSON).
+    pub recent_decisions_max_bytes: u64,
 }
 
 impl Default for IngestConfig {
@@ -45,6 +58,11 @@ impl Default for IngestConfig {
             produce_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(15),
             retry_after_secs: 1,
+            decision_timeout: Duration::from_millis(200),
+            max_decision_timeout: Duration::from_secs(30),
+            max_pending_decisions: 100_000,
+            recent_decisions_ttl: Duration::from_secs(600),
+            recent_decisions_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -59,11 +77,21 @@ impl IngestConfig {
                 self.partition_key
             ));
         }
-        if self.max_body_bytes == 0 || self.max_event_size_bytes == 0 || self.max_batch_events == 0 {
-            v.push("ingest.max_body_bytes, max_event_size_bytes and max_batch_events must be positive".into());
+        if self.max_body_bytes == 0 || self.max_event_size_bytes == 0 || self.max_batch_events == 0
+        {
+            v.push(
+                "ingest.max_body_bytes, max_event_size_bytes and max_batch_events must be positive"
+                    .into(),
+            );
         }
         if self.produce_timeout.is_zero() {
             v.push("ingest.produce_timeout must be positive".into());
+        }
+        if self.decision_timeout > self.max_decision_timeout {
+            v.push("ingest.decision_timeout must not exceed ingest.max_decision_timeout".into());
+        }
+        if self.max_pending_decisions == 0 {
+            v.push("ingest.max_pending_decisions must be positive".into());
         }
         v
     }

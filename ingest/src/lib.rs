@@ -6,6 +6,7 @@
 //! the shutdown token is cancelled, then drains in-flight requests within `shutdown_timeout`.
 
 pub mod config;
+pub mod decide;
 pub mod error;
 pub mod metrics;
 pub mod routes;
@@ -37,6 +38,8 @@ pub struct Inner {
     pub metrics: metrics::IngestMetrics,
     /// Set once shutdown starts: `/readyz` answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
+    /// Request-reply over the decisions topic (`POST /v1/decisions`).
+    pub decisions: Arc<decide::DecisionHub>,
 }
 
 impl AppState {
@@ -47,6 +50,8 @@ impl AppState {
         // so the caller gets 503 and nothing is reported as accepted that was not acknowledged.
         kafka.message_timeout = config.ingest.produce_timeout;
         let producer: FutureProducer = kafka.producer().map_err(IngestError::Kafka)?;
+        let decisions =
+            decide::DecisionHub::new(&config.kafka, &config.ingest).map_err(IngestError::Kafka)?;
         let decoder = EventDecoder::new(DecodeLimits {
             max_event_size_bytes: config.ingest.max_event_size_bytes,
             max_future_skew_ms: i64::try_from(config.ingest.max_future_skew.as_millis())
@@ -60,6 +65,7 @@ impl AppState {
                 decoder,
                 metrics: metrics::IngestMetrics::new(),
                 draining: AtomicBool::new(false),
+                decisions: Arc::new(decisions),
             }),
         })
     }
@@ -78,6 +84,8 @@ impl App {
             .await
             .map_err(|e| IngestError::Bind(config.ingest.listen.clone(), e))?;
         let state = AppState::new(config)?;
+        // Every decision produced from here on is seen by this replica.
+        state.inner.decisions.start(Duration::from_secs(2)).await;
         Ok(Self {
             listener,
             state,
@@ -137,6 +145,7 @@ impl App {
         let producer = state.inner.producer.clone();
         let flush_timeout = Duration::from_secs(5).min(drain_timeout);
         let _ = tokio::task::spawn_blocking(move || producer.flush(flush_timeout)).await;
+        state.inner.decisions.stop();
         tracing::info!("ingest stopped");
         Ok(())
     }

@@ -24,15 +24,31 @@ impl IngestMetrics {
         let events_rejected = Family::<ReasonLabel, Counter>::default();
         let produce_latency = latency_histogram();
         let in_flight_requests = Gauge::default();
-        registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
-        registry.register("events_accepted", "Events acknowledged by Kafka", events_accepted.clone());
-        registry.register("events_rejected", "Events refused, by reason", events_rejected.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "events_accepted",
+            "Events acknowledged by Kafka",
+            events_accepted.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events refused, by reason",
+            events_rejected.clone(),
+        );
         registry.register(
             "produce_latency_seconds",
             "Time from handing a record to the producer to its acknowledgement",
             produce_latency.clone(),
         );
-        registry.register("in_flight_requests", "Requests being served", in_flight_requests.clone());
+        registry.register(
+            "in_flight_requests",
+            "Requests being served",
+            in_flight_requests.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             http_requests,

@@ -1,4 +1,6 @@
-//! ingest's HTTP routes: `POST /v1/events`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! ingest's HTTP routes: `POST /v1/events`, `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! (the synchronous `POST /v1/decisions` and `GET /v1/decisions/{event_id}` live in
+//! [`crate::decide`] and share this module's body parsing and produce path).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use riskstream_common::kafka::{header as kheader, headers, is_retryable};
 use riskstream_common::metrics::HttpLabels;
+use riskstream_common::telemetry::link_span;
 use riskstream_common::trace_context::TraceParent;
 use riskstream_common::{Event, EventError, now_ms};
 use serde::Serialize;
@@ -33,11 +36,22 @@ pub fn router(state: AppState) -> Router {
     let limit = state.inner.config.ingest.max_body_bytes;
     Router::new()
         .route("/v1/events", post(post_events))
+        .route(
+            crate::decide::DECISIONS_ROUTE,
+            post(crate::decide::post_decision),
+        )
+        .route(
+            crate::decide::DECISION_ROUTE,
+            get(crate::decide::get_decision),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -88,7 +102,9 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     })
     .await;
     match res {
-        Ok(Ok(partitions)) => Ok(Json(json!({"status": "ready", "events_partitions": partitions}))),
+        Ok(Ok(partitions)) => Ok(Json(
+            json!({"status": "ready", "events_partitions": partitions}),
+        )),
         Ok(Err(e)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "kafka_unreachable",
@@ -104,9 +120,18 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    let mut out = String::new();
+    // Encoding into a String cannot fail.
+    let _ = encode_registry(&mut out, &state.inner.metrics.registry);
+    let _ = encode_registry(&mut out, &state.inner.decisions.metrics.registry);
+    let _ = encode_eof(&mut out);
     (
-        [(header::CONTENT_TYPE, riskstream_common::metrics::CONTENT_TYPE)],
-        riskstream_common::metrics::render(&state.inner.metrics.registry),
+        [(
+            header::CONTENT_TYPE,
+            riskstream_common::metrics::CONTENT_TYPE,
+        )],
+        out,
     )
         .into_response()
 }
@@ -148,11 +173,17 @@ pub struct BatchResult {
 }
 
 /// Splits the body into JSON values by content type. Syntax errors refuse the whole request.
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+pub(crate) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     match ctype.as_deref() {
         Some("application/json") => {
             let v: Value = serde_json::from_slice(body).map_err(|e| malformed(&e, None))?;
@@ -201,10 +232,14 @@ fn malformed(e: &serde_json::Error, ndjson_line: Option<usize>) -> ApiError {
     .with_data(json!({"line": line, "column": e.column()}))
 }
 
-fn body_error(r: BytesRejection) -> ApiError {
+pub(crate) fn body_error(r: BytesRejection) -> ApiError {
     let status = r.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "payload_too_large", format!("request body too large: {}", r.body_text()))
+        ApiError::new(
+            status,
+            "payload_too_large",
+            format!("request body too large: {}", r.body_text()),
+        )
     } else {
         ApiError::new(status, "invalid_body", r.body_text())
     }
@@ -214,6 +249,30 @@ async fn post_events(
     State(state): State<AppState>,
     headers_in: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = headers_in
+        .get(kheader::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let span = tracing::info_span!(
+        "POST /v1/events",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/events",
+    );
+    let request_trace = link_span(&span, caller.as_ref());
+    tracing::Instrument::instrument(
+        post_events_in_span(state, headers_in, body, request_trace),
+        span,
+    )
+    .await
+}
+
+async fn post_events_in_span(
+    state: AppState,
+    headers_in: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    request_trace: TraceParent,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
     let cfg = &inner.config;
@@ -226,7 +285,11 @@ async fn post_events(
         }
     };
     if values.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_events", "the body holds no event"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_events",
+            "the body holds no event",
+        ));
     }
     if values.len() > cfg.ingest.max_batch_events {
         return Err(ApiError::new(
@@ -239,16 +302,13 @@ async fn post_events(
             ),
         ));
     }
-    let caller_trace = headers_in
-        .get(kheader::TRACEPARENT)
-        .and_then(|v| v.to_str().ok());
     let now = now_ms();
     let decoded: Vec<Result<Event, EventError>> = values
         .into_iter()
         .map(|v| inner.decoder.decode_value(v, now))
         .collect();
 
-    let results = produce_all(&state, decoded, caller_trace).await;
+    let results = produce_all(&state, decoded, &request_trace).await;
     let mut out = BatchResult {
         accepted: 0,
         rejected: 0,
@@ -296,56 +356,91 @@ async fn post_events(
 async fn produce_all(
     state: &AppState,
     decoded: Vec<Result<Event, EventError>>,
-    caller_trace: Option<&str>,
+    request_trace: &TraceParent,
 ) -> Vec<EventResult> {
     let inner = &state.inner;
-    let topic = inner.config.kafka.topics.events.as_str();
-    let key_field = inner.config.ingest.partition_key.as_str();
-    let timeout = Timeout::After(inner.config.ingest.produce_timeout);
-    let futures = decoded.into_iter().enumerate().map(|(index, d)| async move {
-        let event = match d {
-            Ok(e) => e,
-            Err(err) => {
-                inner.metrics.reject(err.code());
-                return EventResult::Rejected {
-                    index,
-                    errors: err.errors,
-                };
-            }
-        };
-        let trace = TraceParent::continue_or_new(caller_trace);
-        let traceparent = trace.to_string();
-        let payload = event.to_json_bytes();
-        let key = event.field_str(key_field).unwrap_or_default();
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(&payload)
-            .timestamp(event.event_time_ms)
-            .headers(headers([(kheader::TRACEPARENT, traceparent.as_str())]));
-        let started = Instant::now();
-        let res = inner.producer.send(record, timeout).await;
-        inner
-            .metrics
-            .produce_latency
-            .observe(started.elapsed().as_secs_f64());
-        match res {
-            Ok(delivery) => {
-                inner.metrics.events_accepted.inc();
-                EventResult::Accepted {
-                    index,
-                    event_id: event.event_id.to_string(),
-                    trace_id: trace.trace_id_hex(),
-                    partition: delivery.partition,
-                    offset: delivery.offset,
+    let futures = decoded
+        .into_iter()
+        .enumerate()
+        .map(|(index, d)| async move {
+            let event = match d {
+                Ok(e) => e,
+                Err(err) => {
+                    inner.metrics.reject(err.code());
+                    return EventResult::Rejected {
+                        index,
+                        errors: err.errors,
+                    };
                 }
+            };
+            let trace = *request_trace;
+            match produce_event(inner, &event, &trace).await {
+                Ok((partition, offset)) => {
+                    inner.metrics.events_accepted.inc();
+                    EventResult::Accepted {
+                        index,
+                        event_id: event.event_id.to_string(),
+                        trace_id: trace.trace_id_hex(),
+                        partition,
+                        offset,
+                    }
+                }
+                Err(e) => produce_failed(inner, index, &event, &e),
             }
-            Err((e, _)) => produce_failed(inner, index, &event, &e),
-        }
-    });
+        });
     join_all(futures).await
 }
 
-fn produce_failed(inner: &crate::Inner, index: usize, event: &Event, e: &KafkaError) -> EventResult {
+/// Produces one valid event to the events topic (key = the configured partition key, the
+/// event time as timestamp) in a `kafka.produce` span that is a child of `trace`, whose
+/// context becomes the record's `traceparent` header, and waits for the broker's
+/// acknowledgement, bounded by `produce_timeout`. Returns the partition and offset.
+pub(crate) async fn produce_event(
+    inner: &crate::Inner,
+    event: &Event,
+    trace: &TraceParent,
+) -> Result<(i32, i64), KafkaError> {
+    let topic = inner.config.kafka.topics.events.as_str();
+    let key = event
+        .field_str(inner.config.ingest.partition_key.as_str())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "kafka.produce",
+        otel.name = "riskstream.ingest.produce",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.destination.name = topic,
+        event_id = %event.event_id,
+    );
+    // The header carries this span's context, so the worker's span is its child.
+    let traceparent = link_span(&span, Some(trace)).to_string();
+    let payload = event.to_json_bytes();
+    let record = FutureRecord::to(topic)
+        .key(key)
+        .payload(&payload)
+        .timestamp(event.event_time_ms)
+        .headers(headers([(kheader::TRACEPARENT, traceparent.as_str())]));
+    let started = Instant::now();
+    let res = tracing::Instrument::instrument(
+        inner
+            .producer
+            .send(record, Timeout::After(inner.config.ingest.produce_timeout)),
+        span,
+    )
+    .await;
+    inner
+        .metrics
+        .produce_latency
+        .observe(started.elapsed().as_secs_f64());
+    res.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e)
+}
+
+fn produce_failed(
+    inner: &crate::Inner,
+    index: usize,
+    event: &Event,
+    e: &KafkaError,
+) -> EventResult {
     if is_retryable(e) {
         inner.metrics.reject("kafka_unavailable");
         tracing::warn!(error = %e, event_id = %event.event_id, "kafka did not acknowledge an event");

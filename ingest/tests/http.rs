@@ -25,7 +25,11 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn post(&self, ctype: &str, body: impl Into<reqwest::Body>) -> (u16, Value, reqwest::header::HeaderMap) {
+    async fn post(
+        &self,
+        ctype: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
         let r = self
             .http
             .post(self.url("/v1/events"))
@@ -41,7 +45,14 @@ impl TestApp {
     }
 
     async fn metrics(&self) -> String {
-        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
@@ -55,7 +66,9 @@ async fn spawn_app(broker: &MockBroker, topics: &Topics, ingest: IngestConfig) -
         },
     };
     let shutdown = CancellationToken::new();
-    let app = App::build(config, shutdown.clone()).await.expect("build ingest");
+    let app = App::build(config, shutdown.clone())
+        .await
+        .expect("build ingest");
     let addr = app.local_addr();
     let handle = tokio::spawn(async move {
         app.run_until_stopped().await.expect("ingest run");
@@ -89,7 +102,11 @@ async fn acknowledged_events_are_on_the_topic_with_key_partition_and_traceparent
     let app = spawn_app(&broker, &topics, IngestConfig::default()).await;
 
     let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let batch = json!([event("acc-1", 10.0), event("acc-2", 20.5), event("acc-1", 3.25)]);
+    let batch = json!([
+        event("acc-1", 10.0),
+        event("acc-2", 20.5),
+        event("acc-1", 3.25)
+    ]);
     let r = app
         .http
         .post(app.url("/v1/events"))
@@ -113,7 +130,10 @@ async fn acknowledged_events_are_on_the_topic_with_key_partition_and_traceparent
         assert_eq!(res["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         let rec = records
             .iter()
-            .find(|r| r.partition == res["partition"].as_i64().unwrap() as i32 && r.offset == res["offset"].as_i64().unwrap())
+            .find(|r| {
+                r.partition == res["partition"].as_i64().unwrap() as i32
+                    && r.offset == res["offset"].as_i64().unwrap()
+            })
             .unwrap_or_else(|| panic!("record for result {res} not on the topic"));
         let sent = &batch[i];
         assert_eq!(rec.key_str(), sent["account_id"].as_str());
@@ -121,19 +141,27 @@ async fn acknowledged_events_are_on_the_topic_with_key_partition_and_traceparent
         assert_eq!(value["event_id"], res["event_id"]);
         assert_eq!(value["amount"], sent["amount"]);
         assert_eq!(value["attributes"]["note"], "hello");
-        assert_eq!(rec.timestamp_ms, value["event_time"].as_str().map(|t| {
-            chrono_ms(t)
-        }));
+        assert_eq!(
+            rec.timestamp_ms,
+            value["event_time"].as_str().map(|t| { chrono_ms(t) })
+        );
         let tp = TraceParent::parse(&rec.headers["traceparent"]).expect("valid traceparent header");
         assert_eq!(tp.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(format!("{:016x}", tp.span_id), "00f067aa0ba902b7", "a child span, not the caller's");
+        assert_ne!(
+            format!("{:016x}", tp.span_id),
+            "00f067aa0ba902b7",
+            "a child span, not the caller's"
+        );
     }
     // The same key always lands on the same partition.
     let p = |i: usize| results[i]["partition"].as_i64().unwrap();
     assert_eq!(p(0), p(2));
 
     let metrics = app.metrics().await;
-    assert!(metrics.contains("riskstream_ingest_events_accepted_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("riskstream_ingest_events_accepted_total 3"),
+        "{metrics}"
+    );
     app.shutdown.cancel();
     app.handle.await.unwrap();
 }
@@ -150,7 +178,12 @@ async fn a_batch_mixing_good_and_bad_events_accepts_the_good_and_lists_the_bad()
 
     let mut bad = event("acc-3", -5.0);
     bad["colour"] = json!("red");
-    let ndjson = format!("{}\n{}\n\n{}\n", event("acc-1", 1.0), bad, event("acc-2", 2.0));
+    let ndjson = format!(
+        "{}\n{}\n\n{}\n",
+        event("acc-1", 1.0),
+        bad,
+        event("acc-2", 2.0)
+    );
     let (status, body, _) = app.post("application/x-ndjson", ndjson).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 2);
@@ -159,21 +192,40 @@ async fn a_batch_mixing_good_and_bad_events_accepts_the_good_and_lists_the_bad()
     let rejected = &body["results"][1];
     assert_eq!(rejected["status"], "rejected");
     assert_eq!(rejected["index"], 1);
-    let fields: Vec<&str> = rejected["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    assert!(fields.contains(&"amount") && fields.contains(&"colour"), "{fields:?}");
+    let fields: Vec<&str> = rejected["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"amount") && fields.contains(&"colour"),
+        "{fields:?}"
+    );
 
     let records = read_records(&app.kafka, &topics.events, 3, Duration::from_secs(8)).await;
     assert_eq!(records.len(), 2, "only the valid events are produced");
 
     // All invalid: 422 with the same listing.
-    let (status, body, _) = app.post("application/json", json!([{"amount": "x"}]).to_string()).await;
+    let (status, body, _) = app
+        .post("application/json", json!([{"amount": "x"}]).to_string())
+        .await;
     assert_eq!(status, 422);
     assert_eq!(body["code"], "invalid_events");
-    assert_eq!(body["data"]["results"][0]["errors"][0]["field"], "event_time");
+    assert_eq!(
+        body["data"]["results"][0]["errors"][0]["field"],
+        "event_time"
+    );
 
     let metrics = app.metrics().await;
-    assert!(metrics.contains("riskstream_ingest_events_rejected_total{reason=\"invalid_value\"} 1"), "{metrics}");
-    assert!(metrics.contains("riskstream_ingest_events_rejected_total{reason=\"required\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("riskstream_ingest_events_rejected_total{reason=\"invalid_value\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("riskstream_ingest_events_rejected_total{reason=\"required\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +254,12 @@ async fn oversized_malformed_and_wrongly_typed_bodies_get_the_documented_4xx() {
     assert_eq!(status, 422);
     assert_eq!(body["data"]["results"][0]["errors"][0]["code"], "too_large");
 
-    let (status, body, _) = app.post("application/json", "{\"account_id\": \"a\",\n \"amount\": }").await;
+    let (status, body, _) = app
+        .post(
+            "application/json",
+            "{\"account_id\": \"a\",\n \"amount\": }",
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["code"], "malformed_json");
     assert_eq!(body["data"]["line"], 2);
@@ -242,12 +299,17 @@ async fn broker_stopped_gives_503_with_retry_after_and_claims_nothing() {
     .await;
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
-    let (status, _, _) = app.post("application/json", event("acc-1", 1.0).to_string()).await;
+    let (status, _, _) = app
+        .post("application/json", event("acc-1", 1.0).to_string())
+        .await;
     assert_eq!(status, 202);
 
     broker.stop();
     let (status, body, headers) = app
-        .post("application/json", json!([event("acc-1", 1.0), event("acc-2", 2.0)]).to_string())
+        .post(
+            "application/json",
+            json!([event("acc-1", 1.0), event("acc-2", 2.0)]).to_string(),
+        )
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["retry-after"], "1");
@@ -256,7 +318,10 @@ async fn broker_stopped_gives_503_with_retry_after_and_claims_nothing() {
     assert_eq!(body["data"]["failed"], 2);
     for r in body["data"]["results"].as_array().unwrap() {
         assert_eq!(r["status"], "failed");
-        assert!(r["event_id"].as_str().is_some(), "the caller can retry with the same id");
+        assert!(
+            r["event_id"].as_str().is_some(),
+            "the caller can retry with the same id"
+        );
     }
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
@@ -267,7 +332,9 @@ async fn shutdown_drains_and_stops_accepting() {
     let topics = topics();
     let broker = MockBroker::with_topics(1, &topics);
     let app = spawn_app(&broker, &topics, IngestConfig::default()).await;
-    let (status, _, _) = app.post("application/json", event("acc-1", 1.0).to_string()).await;
+    let (status, _, _) = app
+        .post("application/json", event("acc-1", 1.0).to_string())
+        .await;
     assert_eq!(status, 202);
     app.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), app.handle)

@@ -29,6 +29,9 @@ pub struct BenchArgs {
 pub enum Which {
     /// POST /v1/events (batches of 100 and of 1) and `produce`, against a raw rdkafka producer.
     Ingest(IngestBench),
+    /// POST /v1/decisions open loop at fixed rates through the broker and a worker, beside a
+    /// raw two-hop Kafka round trip.
+    Decide(crate::bench_decide::DecideBench),
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +52,7 @@ pub struct IngestBench {
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     match args.which {
         Which::Ingest(a) => ingest(a).await.map_err(Failure::Runtime),
+        Which::Decide(a) => crate::bench_decide::run(a).await.map_err(Failure::Runtime),
     }
 }
 
@@ -68,7 +72,8 @@ impl Phase {
 }
 
 fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 fn print_phases(title: &str, ceiling: &Phase, phases: &[Phase]) {
@@ -98,7 +103,8 @@ async fn ingest(a: IngestBench) -> anyhow::Result<()> {
     let brokers = match &a.brokers {
         Some(b) => b.clone(),
         None => {
-            embedded = EmbeddedBroker::with_topics(a.partitions, topics.all()).context("embedded broker")?;
+            embedded = EmbeddedBroker::with_topics(a.partitions, topics.all())
+                .context("embedded broker")?;
             embedded.bootstrap().to_string()
         }
     };
@@ -149,9 +155,14 @@ async fn ingest(a: IngestBench) -> anyhow::Result<()> {
         max_in_flight: 20_000,
         quiet: true,
     };
-    let s = crate::produce::produce(&producer, &topics.events, &args, riskstream_common::now_ms() - 3_600_000)
-        .await
-        .map_err(|_| anyhow::anyhow!("produce phase failed"))?;
+    let s = crate::produce::produce(
+        &producer,
+        &topics.events,
+        &args,
+        riskstream_common::now_ms() - 3_600_000,
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("produce phase failed"))?;
     let mut lat = histogram();
     for l in &s.latencies_us {
         let _ = lat.record((*l).max(1));
@@ -179,14 +190,36 @@ async fn ingest(a: IngestBench) -> anyhow::Result<()> {
     .await?;
     let url = format!("http://{}/v1/events", app.local_addr());
     let server = tokio::spawn(app.run_until_stopped());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(a.concurrency).build()?;
-    let b100 = http_phase(&http, &url, &events, 100, a.concurrency, "ingest POST batch=100").await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.concurrency)
+        .build()?;
+    let b100 = http_phase(
+        &http,
+        &url,
+        &events,
+        100,
+        a.concurrency,
+        "ingest POST batch=100",
+    )
+    .await?;
     let n1 = (a.events / 10).max(1000).min(events.len());
-    let b1 = http_phase(&http, &url, &events[..n1], 1, a.concurrency, "ingest POST batch=1").await?;
+    let b1 = http_phase(
+        &http,
+        &url,
+        &events[..n1],
+        1,
+        a.concurrency,
+        "ingest POST batch=1",
+    )
+    .await?;
     shutdown.cancel();
     let _ = server.await;
 
-    print_phases("ingest (latency per request for HTTP, per record for kafka)", &raw, &[produce_phase, b100, b1]);
+    print_phases(
+        "ingest (latency per request for HTTP, per record for kafka)",
+        &raw,
+        &[produce_phase, b100, b1],
+    );
     Ok(())
 }
 
@@ -194,7 +227,12 @@ fn uuid_suffix() -> String {
     format!("bench{}", riskstream_common::now_ms())
 }
 
-async fn raw_produce(producer: &FutureProducer, topic: &str, keys: &[String], events: &[Vec<u8>]) -> Phase {
+async fn raw_produce(
+    producer: &FutureProducer,
+    topic: &str,
+    keys: &[String],
+    events: &[Vec<u8>],
+) -> Phase {
     let started = Instant::now();
     let mut lat = histogram();
     let mut in_flight = FuturesUnordered::new();
@@ -207,7 +245,10 @@ async fn raw_produce(producer: &FutureProducer, topic: &str, keys: &[String], ev
         in_flight.push(async move {
             let t0 = Instant::now();
             producer
-                .send(FutureRecord::to(topic).key(key).payload(payload), Timeout::Never)
+                .send(
+                    FutureRecord::to(topic).key(key).payload(payload),
+                    Timeout::Never,
+                )
                 .await
                 .map(|_| (t0.elapsed().as_micros() as u64).max(1))
         });
@@ -254,7 +295,8 @@ async fn http_phase(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (http, url, bodies, next) = (http.clone(), url.to_string(), bodies.clone(), next.clone());
+        let (http, url, bodies, next) =
+            (http.clone(), url.to_string(), bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = histogram();
             let mut failures = 0u64;

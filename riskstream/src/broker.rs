@@ -13,7 +13,7 @@ use riskstream_common::broker::EmbeddedBroker;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::{Failure, ServiceArgs, load_config};
+use crate::cli::{Failure, ServiceArgs, load_config, logging_only};
 
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
@@ -39,8 +39,15 @@ pub async fn run(args: BrokerArgs) -> Result<(), Failure> {
         },
         None,
     )?;
+    let _telemetry = logging_only(&cfg);
     let broker = EmbeddedBroker::start().context("starting the mock kafka cluster")?;
-    let mut topics: Vec<String> = cfg.kafka.topics.all().into_iter().map(String::from).collect();
+    let mut topics: Vec<String> = cfg
+        .kafka
+        .topics
+        .all()
+        .into_iter()
+        .map(String::from)
+        .collect();
     topics.extend(args.topics.iter().cloned());
     for t in &topics {
         broker
@@ -74,7 +81,9 @@ async fn forward(listener: TcpListener, target: String, shutdown: CancellationTo
             _ = shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
-        let Ok((mut inbound, _)) = accepted else { continue };
+        let Ok((mut inbound, _)) = accepted else {
+            continue;
+        };
         let target = target.clone();
         tokio::spawn(async move {
             if let Ok(mut outbound) = TcpStream::connect(&target).await {

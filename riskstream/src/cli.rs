@@ -9,7 +9,11 @@ use riskstream_common::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
-#[command(name = "riskstream", version, about = "Streaming risk decisions on Kafka: ingest, features, scoring, traces")]
+#[command(
+    name = "riskstream",
+    version,
+    about = "Streaming risk decisions on Kafka: ingest, features, scoring, traces"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,8 +27,16 @@ pub enum Command {
     Ingest(ServiceArgs),
     /// Run a feature worker: event-time windowed features, scoring, decisions.
     Worker(WorkerArgs),
+    /// Run the trace collector: OTLP spans (Kafka, OTLP/HTTP, OTLP/gRPC) and decisions into ClickHouse.
+    Collector(CollectorArgs),
+    /// Run the query api: traces by Trace ID (Jaeger-compatible), decisions.
+    Api(ClickHouseArgs),
     /// Send events to Kafka directly: from an NDJSON file, stdin, or the synthetic generator.
     Produce(crate::produce::ProduceArgs),
+    /// The whole pipeline in one process on the embedded broker, with generated traffic.
+    Demo(crate::demo::DemoArgs),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Config(ServiceArgs),
     /// End-to-end benchmarks.
     Bench(crate::bench::BenchArgs),
 }
@@ -41,6 +53,26 @@ pub struct ServiceArgs {
     /// HOST:PORT to listen on (port 0 picks a free port; the bound address is printed as listening=HOST:PORT).
     #[arg(long)]
     pub listen: Option<String>,
+}
+
+/// Flags of the services that read ClickHouse.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClickHouseArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// ClickHouse HTTP URL, e.g. http://127.0.0.1:8123.
+    #[arg(long)]
+    pub clickhouse_url: Option<String>,
+}
+
+/// Flags of `riskstream collector`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CollectorArgs {
+    #[command(flatten)]
+    pub ch: ClickHouseArgs,
+    /// HOST:PORT for OTLP/gRPC (OTLP/HTTP is on --listen).
+    #[arg(long)]
+    pub otlp_grpc_listen: Option<String>,
 }
 
 /// Flags of `riskstream worker`.
@@ -67,6 +99,9 @@ pub struct RootConfig {
     pub telemetry: TelemetryConfig,
     pub ingest: riskstream_ingest::IngestConfig,
     pub worker: riskstream_feature_worker::WorkerConfig,
+    pub clickhouse: riskstream_trace_collector::ClickHouseConfig,
+    pub collector: riskstream_trace_collector::CollectorSection,
+    pub api: riskstream_api::ApiSection,
 }
 
 impl config::Validate for RootConfig {
@@ -74,6 +109,24 @@ impl config::Validate for RootConfig {
         let mut v = self.telemetry.validate();
         v.extend(self.ingest.problems());
         v.extend(self.worker.problems());
+        // The collector's and the api's own checks, on the sections they read.
+        v.extend(
+            riskstream_trace_collector::Config {
+                kafka: self.kafka.clone(),
+                clickhouse: self.clickhouse.clone(),
+                collector: self.collector.clone(),
+            }
+            .validate(),
+        );
+        v.extend(
+            riskstream_api::Config {
+                clickhouse: self.clickhouse.clone(),
+                api: self.api.clone(),
+            }
+            .validate()
+            .into_iter()
+            .filter(|p| !p.starts_with("clickhouse.")),
+        );
         v
     }
 }
@@ -99,7 +152,16 @@ impl From<anyhow::Error> for Failure {
 /// Loads the root configuration with the flags as the last layer; `listen_key` names the
 /// section whose `listen` the `--listen` flag sets.
 pub fn load_config(args: &ServiceArgs, listen_key: Option<&str>) -> Result<RootConfig, Failure> {
-    let mut overrides: Vec<(&str, Value)> = Vec::new();
+    load_config_with(args, listen_key, Vec::new())
+}
+
+/// [`load_config`] with further `(key, value)` overrides from flags.
+pub fn load_config_with(
+    args: &ServiceArgs,
+    listen_key: Option<&str>,
+    extra: Vec<(&str, Value)>,
+) -> Result<RootConfig, Failure> {
+    let mut overrides: Vec<(&str, Value)> = extra;
     if let Some(b) = &args.brokers {
         overrides.push(("kafka.brokers", Value::from(b.clone())));
     }
@@ -107,8 +169,21 @@ pub fn load_config(args: &ServiceArgs, listen_key: Option<&str>) -> Result<RootC
         overrides.push((key, Value::from(l.clone())));
     }
     let cfg: RootConfig = config::load(args.config.as_deref(), &overrides)?;
-    riskstream_common::telemetry::init(&cfg.telemetry);
     Ok(cfg)
+}
+
+/// Starts logging and span export for one service; keep the guard alive while it runs.
+pub fn telemetry(cfg: &RootConfig, service: &str) -> riskstream_common::telemetry::TelemetryGuard {
+    riskstream_common::telemetry::init(&cfg.telemetry, service, Some(&cfg.kafka))
+}
+
+/// Logging only (tools that are not services export no spans).
+pub fn logging_only(cfg: &RootConfig) -> riskstream_common::telemetry::TelemetryGuard {
+    let t = riskstream_common::telemetry::TelemetryConfig {
+        traces_exporter: riskstream_common::telemetry::exporter::NONE.into(),
+        ..cfg.telemetry.clone()
+    };
+    riskstream_common::telemetry::init(&t, "riskstream", None)
 }
 
 pub async fn run(cli: Cli) -> Result<(), Failure> {
@@ -116,7 +191,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Broker(a) => crate::broker::run(a).await,
         Command::Ingest(a) => crate::services::ingest(a).await,
         Command::Worker(a) => crate::services::worker(a).await,
+        Command::Collector(a) => crate::services::collector(a).await,
+        Command::Api(a) => crate::services::api(a).await,
         Command::Produce(a) => crate::produce::run(a).await,
         Command::Bench(a) => crate::bench::run(a).await,
+        Command::Demo(a) => crate::demo::run(a).await,
+        Command::Config(a) => {
+            let cfg = load_config(&a, None)?;
+            let text = toml::to_string_pretty(&cfg).map_err(|e| Failure::Runtime(e.into()))?;
+            print!("{text}");
+            Ok(())
+        }
     }
 }

@@ -20,7 +20,7 @@ use riskstream_common::trace_context::TraceParent;
 use riskstream_common::{DecodeLimits, Event, EventDecoder, now_ms};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cli::{Failure, ServiceArgs, load_config};
+use crate::cli::{Failure, ServiceArgs, load_config, logging_only};
 
 #[derive(Debug, Args, Clone)]
 pub struct ProduceArgs {
@@ -91,11 +91,17 @@ pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
         },
         None,
     )?;
+    let _telemetry = logging_only(&cfg);
     if args.file.is_none() && args.count.is_none() {
-        return Err(Failure::Usage(vec!["give --file FILE (or - for stdin) or --count N".into()]));
+        return Err(Failure::Usage(vec![
+            "give --file FILE (or - for stdin) or --count N".into(),
+        ]));
     }
     if !riskstream_common::event::fields::ENTITY_FIELDS.contains(&args.partition_key.as_str()) {
-        return Err(Failure::Usage(vec![format!("--partition-key {:?} is not an entity field", args.partition_key)]));
+        return Err(Failure::Usage(vec![format!(
+            "--partition-key {:?} is not an entity field",
+            args.partition_key
+        )]));
     }
     let start_time_ms = match &args.start_time {
         None => now_ms(),
@@ -108,8 +114,14 @@ pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::Usage(vec![format!("--start-time: {}", e.reason)]))?
         }
     };
-    let topic = args.topic.clone().unwrap_or_else(|| cfg.kafka.topics.events.clone());
-    let producer: FutureProducer = cfg.kafka.producer().context("creating the kafka producer")?;
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| cfg.kafka.topics.events.clone());
+    let producer: FutureProducer = cfg
+        .kafka
+        .producer()
+        .context("creating the kafka producer")?;
     let summary = produce(&producer, &topic, &args, start_time_ms).await?;
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
     println!(
@@ -215,7 +227,9 @@ pub async fn produce(
                 record(lat, &acked, &errors, &mut latencies, &bar);
             }
         }
-        let Some(item) = source.next(&decoder).await else { break };
+        let Some(item) = source.next(&decoder).await else {
+            break;
+        };
         let event = match item {
             Ok(e) => e,
             Err(msg) => {
@@ -314,13 +328,21 @@ fn progress_bar(args: &ProduceArgs) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(args.count, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+    {
         bar.set_style(style);
     }
     bar
 }
 
-fn update_bar(bar: &ProgressBar, started: Instant, sent: u64, acked: &AtomicU64, errors: &AtomicU64) {
+fn update_bar(
+    bar: &ProgressBar,
+    started: Instant,
+    sent: u64,
+    acked: &AtomicU64,
+    errors: &AtomicU64,
+) {
     let a = acked.load(Ordering::Relaxed);
     bar.set_position(sent);
     bar.set_message(format!(

@@ -4,10 +4,15 @@
 use anyhow::Context;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 
-use crate::cli::{Failure, ServiceArgs, WorkerArgs, load_config};
+use crate::cli::{
+    ClickHouseArgs, CollectorArgs, Failure, ServiceArgs, WorkerArgs, load_config, load_config_with,
+    telemetry,
+};
+use riskstream_common::config::Value;
 
 pub async fn ingest(args: ServiceArgs) -> Result<(), Failure> {
     let cfg = load_config(&args, Some("ingest.listen"))?;
+    let _telemetry = telemetry(&cfg, "riskstream-ingest");
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let app = riskstream_ingest::App::build(
@@ -26,6 +31,7 @@ pub async fn ingest(args: ServiceArgs) -> Result<(), Failure> {
 
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let mut cfg = load_config(&args.service, Some("worker.listen"))?;
+    let _telemetry = telemetry(&cfg, "riskstream-worker");
     if let Some(p) = args.features {
         cfg.worker.features_path = p;
     }
@@ -46,12 +52,70 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     )
     .await
     .map_err(|e| match e {
-        riskstream_feature_worker::WorkerError::Features(m) | riskstream_feature_worker::WorkerError::Scoring(m) => {
-            Failure::Usage(vec![m])
-        }
+        riskstream_feature_worker::WorkerError::Features(m)
+        | riskstream_feature_worker::WorkerError::Scoring(m) => Failure::Usage(vec![m]),
         other => Failure::Runtime(anyhow::Error::new(other).context("starting the worker")),
     })?;
     println!("listening={}", app.local_addr());
-    app.run_until_stopped().await.context("running the worker")?;
+    app.run_until_stopped()
+        .await
+        .context("running the worker")?;
+    Ok(())
+}
+
+fn clickhouse_overrides(a: &ClickHouseArgs) -> Vec<(&'static str, Value)> {
+    a.clickhouse_url
+        .iter()
+        .map(|u| ("clickhouse.url", Value::from(u.clone())))
+        .collect()
+}
+
+pub async fn collector(args: CollectorArgs) -> Result<(), Failure> {
+    let mut extra = clickhouse_overrides(&args.ch);
+    if let Some(g) = &args.otlp_grpc_listen {
+        extra.push(("collector.otlp_grpc_listen", Value::from(g.clone())));
+    }
+    let cfg = load_config_with(&args.ch.service, Some("collector.listen"), extra)?;
+    // The collector does not trace its own writes: logging only.
+    let _telemetry = crate::cli::logging_only(&cfg);
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let app = riskstream_trace_collector::App::build(
+        riskstream_trace_collector::Config {
+            kafka: cfg.kafka,
+            clickhouse: cfg.clickhouse,
+            collector: cfg.collector,
+        },
+        shutdown,
+    )
+    .await
+    .context("starting the collector")?;
+    println!("listening={}", app.http_addr());
+    if let Some(g) = app.grpc_addr() {
+        println!("otlp_grpc_listening={g}");
+    }
+    app.run_until_stopped()
+        .await
+        .context("running the collector")?;
+    Ok(())
+}
+
+pub async fn api(args: ClickHouseArgs) -> Result<(), Failure> {
+    let extra = clickhouse_overrides(&args);
+    let cfg = load_config_with(&args.service, Some("api.listen"), extra)?;
+    let _telemetry = telemetry(&cfg, "riskstream-api");
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let app = riskstream_api::App::build(
+        riskstream_api::Config {
+            clickhouse: cfg.clickhouse,
+            api: cfg.api,
+        },
+        shutdown,
+    )
+    .await
+    .context("starting the api")?;
+    println!("listening={}", app.local_addr());
+    app.run_until_stopped().await.context("running the api")?;
     Ok(())
 }

@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use riskstream_common::Event;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
-use riskstream_common::Event;
 use riskstream_testkit::kafka::read_records;
 
 const BIN: &str = env!("CARGO_BIN_EXE_riskstream");
@@ -50,12 +50,24 @@ async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic(
     let start = "2026-03-01T12:00:00Z";
     let n = 3000;
     let out = Command::new(BIN)
-        .args(["produce", "--brokers", &bootstrap, "--count", &n.to_string(), "--seed", "7"])
+        .args([
+            "produce",
+            "--brokers",
+            &bootstrap,
+            "--count",
+            &n.to_string(),
+            "--seed",
+            "7",
+        ])
         .args(["--start-time", start, "--quiet"])
         .output()
         .expect("run produce");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "produce failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "produce failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(&format!("acked={n} errors=0")), "{stdout}");
 
     let kafka = KafkaConfig {
@@ -64,7 +76,13 @@ async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic(
         ..KafkaConfig::default()
     };
     // Ask for one more than was sent: exactly n come back.
-    let records = read_records(&kafka, &Topics::default().events, n + 1, Duration::from_secs(15)).await;
+    let records = read_records(
+        &kafka,
+        &Topics::default().events,
+        n + 1,
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(records.len(), n);
     let mut got: Vec<Event> = records
         .iter()
@@ -78,16 +96,23 @@ async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic(
     }
     // The same seed and start time give exactly the same events, ids included.
     let start_ms = riskstream_common::event::parse_event_time(&serde_json::json!(start)).unwrap();
-    let mut expected: Vec<Event> = Generator::new(GeneratorConfig { seed: 7, start_time_ms: start_ms, ..Default::default() })
-        .take(n)
-        .collect();
+    let mut expected: Vec<Event> = Generator::new(GeneratorConfig {
+        seed: 7,
+        start_time_ms: start_ms,
+        ..Default::default()
+    })
+    .take(n)
+    .collect();
     expected.sort_by_key(|e| e.event_id);
     assert_eq!(got, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
-    let (_broker, bootstrap) = spawn_and_read(&["broker", "--partitions", "2", "--topic", "filetopic"], "bootstrap");
+    let (_broker, bootstrap) = spawn_and_read(
+        &["broker", "--partitions", "2", "--topic", "filetopic"],
+        "bootstrap",
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.ndjson");
     let now = riskstream_common::now_ms();
@@ -99,16 +124,37 @@ async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
     )
     .unwrap();
     let out = Command::new(BIN)
-        .args(["produce", "--brokers", &bootstrap, "--topic", "filetopic", "--quiet", "--file"])
+        .args([
+            "produce",
+            "--brokers",
+            &bootstrap,
+            "--topic",
+            "filetopic",
+            "--quiet",
+            "--file",
+        ])
         .arg(&path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "invalid lines make the run fail: {stdout}");
-    assert!(stdout.contains("sent=2 acked=2 errors=0 invalid=1"), "{stdout}");
-    assert!(stderr.contains("line 3") && stderr.contains("event_time"), "{stderr}");
-    let kafka = KafkaConfig { brokers: bootstrap, ..KafkaConfig::default() };
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "invalid lines make the run fail: {stdout}"
+    );
+    assert!(
+        stdout.contains("sent=2 acked=2 errors=0 invalid=1"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 3") && stderr.contains("event_time"),
+        "{stderr}"
+    );
+    let kafka = KafkaConfig {
+        brokers: bootstrap,
+        ..KafkaConfig::default()
+    };
     let records = read_records(&kafka, "filetopic", 3, Duration::from_secs(8)).await;
     let keys: Vec<&str> = records.iter().filter_map(|r| r.key_str()).collect();
     assert_eq!(records.len(), 2);
@@ -118,32 +164,56 @@ async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_process_prints_its_address_and_serves() {
     let (_broker, bootstrap) = spawn_and_read(&["broker", "--partitions", "2"], "bootstrap");
-    let (_ingest, addr) = spawn_and_read(&["ingest", "--brokers", &bootstrap, "--listen", "127.0.0.1:0"], "listening");
+    let (_ingest, addr) = spawn_and_read(
+        &["ingest", "--brokers", &bootstrap, "--listen", "127.0.0.1:0"],
+        "listening",
+    );
     let http = reqwest::Client::new();
     let r = http
         .post(format!("http://{addr}/v1/events"))
         .header("content-type", "application/json")
-        .body(format!("{{\"event_time\": {}, \"account_id\": \"a\"}}", riskstream_common::now_ms()))
+        .body(format!(
+            "{{\"event_time\": {}, \"account_id\": \"a\"}}",
+            riskstream_common::now_ms()
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    let ready = http.get(format!("http://{addr}/readyz")).send().await.unwrap();
+    let ready = http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
 }
 
 #[test]
 fn bad_usage_and_bad_config_exit_with_2_and_print_every_error() {
-    let out = Command::new(BIN).args(["ingest", "--no-such-flag"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["ingest", "--no-such-flag"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[ingest]\npartition_key = \"colour\"\n[telemetry]\nlog_format = \"xml\"\n").unwrap();
-    let out = Command::new(BIN).args(["ingest", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "[ingest]\npartition_key = \"colour\"\n[telemetry]\nlog_format = \"xml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["ingest", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("partition_key") && stderr.contains("log_format"), "{stderr}");
+    assert!(
+        stderr.contains("partition_key") && stderr.contains("log_format"),
+        "{stderr}"
+    );
 
     let out = Command::new(BIN)
         .args(["ingest"])

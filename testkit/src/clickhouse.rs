@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,8 @@ pub struct ClickHouseServer {
     /// Where a local server keeps its config and data (`None` for an external server).
     dir: Option<tempfile::TempDir>,
     binary: Option<PathBuf>,
-    /// Pid of the running local server, if any.
-    pid: Mutex<Option<u32>>,
+    /// Pid of the running local server and its watchdog shell, if running.
+    pid: Mutex<Option<(u32, Child)>>,
 }
 
 /// The shared server of this test binary, started on first use.
@@ -137,7 +137,10 @@ impl ClickHouseServer {
     /// Does nothing if it is already running.
     pub fn start(&self) {
         let (Some(dir), Some(binary)) = (&self.dir, &self.binary) else {
-            panic!("an external ClickHouse server ({}) cannot be started by the tests", self.url);
+            panic!(
+                "an external ClickHouse server ({}) cannot be started by the tests",
+                self.url
+            );
         };
         let mut pid = self.pid.lock().unwrap_or_else(|e| e.into_inner());
         if pid.is_some() {
@@ -157,7 +160,7 @@ impl ClickHouseServer {
             pidf = pid_file.display(),
             parent = std::process::id(),
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())
@@ -178,7 +181,7 @@ impl ClickHouseServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        *pid = Some(server_pid);
+        *pid = Some((server_pid, watchdog));
         drop(pid);
         self.wait_ready();
     }
@@ -186,8 +189,12 @@ impl ClickHouseServer {
     /// Stops the local server (SIGKILL, like a crash) and waits until its port is closed.
     pub fn stop(&self) {
         let mut pid = self.pid.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = pid.take() else { return };
+        let Some((p, mut watchdog)) = pid.take() else {
+            return;
+        };
         let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+        // The watchdog notices within a second and exits.
+        let _ = watchdog.wait();
         let deadline = Instant::now() + START_TIMEOUT;
         while Path::new(&format!("/proc/{p}")).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -76,16 +76,24 @@ pub struct Record {
 
 impl Record {
     pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.value.as_deref().unwrap_or(b"null")).expect("record value is json")
+        serde_json::from_slice(self.value.as_deref().unwrap_or(b"null"))
+            .expect("record value is json")
     }
 }
 
 /// Reads records from `topic` (from the beginning, a fresh group) until `n` arrived or `timeout`
 /// passed; returns what arrived.
-pub async fn read_records(kafka: &KafkaConfig, topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
+pub async fn read_records(
+    kafka: &KafkaConfig,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Record> {
     let group = crate::unique("reader");
     let consumer: StreamConsumer = kafka.consumer(&group).expect("test consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -110,7 +118,8 @@ pub async fn read_records(kafka: &KafkaConfig, topic: &str, n: usize, timeout: D
                             .map(|h| {
                                 (
                                     h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
                                 )
                             })
                             .collect()

@@ -6,5 +6,8 @@ pub mod kafka;
 
 /// A short random suffix for topic, group and table names, so tests run in parallel.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }

@@ -683,7 +683,10 @@ fn parse_def(i: usize, raw: toml::Value, problems: &mut Vec<FeatureProblem>) -> 
     };
     let name = label(
         i,
-        table.get("name").and_then(toml::Value::as_str).unwrap_or(""),
+        table
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .unwrap_or(""),
     );
     let unknown: Vec<String> = table
         .keys()
@@ -716,7 +719,10 @@ fn duration_ms(
     problems: &mut Vec<FeatureProblem>,
 ) -> Option<i64> {
     if d.is_zero() {
-        problems.push(FeatureProblem::new(name, format!("window {what} must be > 0")));
+        problems.push(FeatureProblem::new(
+            name,
+            format!("window {what} must be > 0"),
+        ));
         return None;
     }
     if d.subsec_nanos() % 1_000_000 != 0 {
@@ -1046,9 +1052,7 @@ fn compile(
     {
         problems.push(FeatureProblem::new(
             &name,
-            format!(
-                "name must match [a-z][a-z0-9_]* and be at most {MAX_NAME_LEN} characters"
-            ),
+            format!("name must match [a-z][a-z0-9_]* and be at most {MAX_NAME_LEN} characters"),
         ));
     }
     let spec = compile_entity(&def.entity, &name, problems);
@@ -1192,7 +1196,10 @@ mod tests {
         let g = &set.groups()[1].features()[0];
         assert_eq!(g.field(), Some(EventField::Amount));
         assert_eq!(g.window().granularity_ms, 300_000);
-        assert_eq!(set.groups()[0].features()[1].window().granularity_ms, 86_400_000);
+        assert_eq!(
+            set.groups()[0].features()[1].window().granularity_ms,
+            86_400_000
+        );
         assert_eq!(set.groups()[0].longest_window_ms(), 86_400_000);
         assert_eq!(set.group_index("card_id+merchant_id"), Some(1));
     }

@@ -104,7 +104,10 @@ struct StateKey(u128);
 impl StateKey {
     #[inline]
     fn of(group: u32, key: &str) -> Self {
-        Self(XxHash3_128::oneshot_with_seed(u64::from(group), key.as_bytes()))
+        Self(XxHash3_128::oneshot_with_seed(
+            u64::from(group),
+            key.as_bytes(),
+        ))
     }
 }
 
@@ -311,7 +314,9 @@ impl FeatureEngine {
             (outcome, st.approx_bytes())
         };
         if outcome.out_of_order {
-            self.stats.out_of_order_events.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .out_of_order_events
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 group = group_idx,
                 key,
@@ -357,7 +362,12 @@ impl FeatureEngine {
         group_idx: usize,
         out: &mut Vec<FeatureValue>,
     ) -> Result<(), FeatureEngineError> {
-        out.extend(self.group(group_idx)?.features().iter().map(|f| f.empty_value()));
+        out.extend(
+            self.group(group_idx)?
+                .features()
+                .iter()
+                .map(|f| f.empty_value()),
+        );
         Ok(())
     }
 
@@ -400,8 +410,15 @@ impl FeatureEngine {
             return Ok(None);
         };
         if !slot.is(group, key) {
-            self.stats.key_hash_collisions.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(group, key, other_key = &*slot.key, "feature state key hash collision");
+            self.stats
+                .key_hash_collisions
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                group,
+                key,
+                other_key = &*slot.key,
+                "feature state key hash collision"
+            );
             return Ok(None);
         }
         let mut values = Vec::with_capacity(g.features().len());
@@ -516,20 +533,27 @@ mod tests {
         let n = |v: &[f64]| v.iter().map(|x| Number(*x)).collect::<Vec<_>>();
         assert_eq!(nums(&rows, 0), n(&[1.0, 2.0, 3.0, 3.0, 3.0]));
         assert_eq!(nums(&rows, 1), n(&[10.0, 30.0, 35.0, 26.0, 9.0]));
-        assert_eq!(nums(&rows, 2), n(&[10.0, 15.0, 35.0 / 3.0, 26.0 / 3.0, 3.0]));
+        assert_eq!(
+            nums(&rows, 2),
+            n(&[10.0, 15.0, 35.0 / 3.0, 26.0 / 3.0, 3.0])
+        );
         assert_eq!(nums(&rows, 3), n(&[10.0, 10.0, 5.0, 1.0, 1.0]));
         assert_eq!(nums(&rows, 4), n(&[10.0, 20.0, 20.0, 20.0, 5.0]));
     }
 
     #[test]
     fn tumbling_and_hopping_windows_by_hand() {
-        let toml = feature("tumbling", "count", r#"{ kind = "tumbling", size = "10s" }"#, "")
-            + &feature(
-                "hopping",
-                "count",
-                r#"{ kind = "hopping", size = "10s", slide = "5s" }"#,
-                "",
-            );
+        let toml = feature(
+            "tumbling",
+            "count",
+            r#"{ kind = "tumbling", size = "10s" }"#,
+            "",
+        ) + &feature(
+            "hopping",
+            "count",
+            r#"{ kind = "hopping", size = "10s", slide = "5s" }"#,
+            "",
+        );
         let rows = run(&engine(&toml), &stream());
         let n = |v: &[f64]| v.iter().map(|x| Number(*x)).collect::<Vec<_>>();
         // Tumbling: [0,10000) then [10000,20000).
@@ -617,15 +641,31 @@ mod tests {
             "[[feature]]\nname = \"cards\"\nentity = \"account_id\"\naggregation = \"distinct_count\"\nfield = \"card_id\"\nwindow = {w}\ndistinct_exact_limit = 3\n"
         );
         let e = engine(&toml);
-        let seq = [(0, "a"), (1_000, "b"), (2_000, "a"), (3_000, "c"), (10_500, "d")];
+        let seq = [
+            (0, "a"),
+            (1_000, "b"),
+            (2_000, "a"),
+            (3_000, "c"),
+            (10_500, "d"),
+        ];
         let got: Vec<FeatureValue> = seq
             .iter()
-            .map(|(t, c)| e.process(0, "acc-1", &ev(*t, c, None)).unwrap()[0].1.clone())
+            .map(|(t, c)| {
+                e.process(0, "acc-1", &ev(*t, c, None)).unwrap()[0]
+                    .1
+                    .clone()
+            })
             .collect();
         // At 10500 the window is [1000, 10500]: b, a (at 2000), c, d.
         assert_eq!(
             got,
-            vec![Number(1.0), Number(2.0), Number(2.0), Number(3.0), Number(4.0)]
+            vec![
+                Number(1.0),
+                Number(2.0),
+                Number(2.0),
+                Number(3.0),
+                Number(4.0)
+            ]
         );
         // Far beyond the bound: within HyperLogLog error (precision 12: ~1.6% standard error).
         let e = engine(&toml.replace("size = \"10s\"", "size = \"1h\""));
@@ -640,7 +680,9 @@ mod tests {
         let n = last.as_f64().unwrap();
         assert!((n - 5_000.0).abs() < 5_000.0 * 0.06, "estimate {n}");
         // Once the window has moved past every sketch bucket the feature is exact again.
-        let v = e.process(0, "acc-1", &ev(100_000 + 7_200_000, "z", None)).unwrap();
+        let v = e
+            .process(0, "acc-1", &ev(100_000 + 7_200_000, "z", None))
+            .unwrap();
         assert_eq!(v[0].1, Number(1.0));
     }
 
@@ -663,7 +705,10 @@ mod tests {
         let snap = e.snapshot(0, "c1", 10_000_000).unwrap().unwrap();
         assert_eq!(snap, vec![("c".into(), Number(0.0)), ("m".into(), Null)]);
         let snap = e.snapshot(0, "c1", 1_200_500).unwrap().unwrap();
-        assert_eq!(snap, vec![("c".into(), Number(1.0)), ("m".into(), Number(2.0))]);
+        assert_eq!(
+            snap,
+            vec![("c".into(), Number(1.0)), ("m".into(), Number(2.0))]
+        );
         assert_eq!(e.snapshot(0, "nobody", 0).unwrap(), None);
         assert!(matches!(
             e.snapshot(7, "c1", 0),
@@ -689,7 +734,12 @@ mod tests {
 
     #[test]
     fn out_of_order_events_are_counted_and_do_not_break_state() {
-        let e = engine(&feature("c", "count", r#"{ kind = "sliding", size = "10s" }"#, ""));
+        let e = engine(&feature(
+            "c",
+            "count",
+            r#"{ kind = "sliding", size = "10s" }"#,
+            "",
+        ));
         let rows = run(&e, &[ev(5_000, "c1", None), ev(1_000, "c1", None)]);
         assert_eq!(rows[1], vec![Number(2.0)]);
         assert_eq!(e.stats().snapshot().out_of_order_events, 1);
@@ -729,7 +779,12 @@ mod tests {
 
     #[test]
     fn drop_keys_and_clear_remove_state_explicitly() {
-        let e = engine(&feature("c", "count", r#"{ kind = "sliding", size = "10m" }"#, ""));
+        let e = engine(&feature(
+            "c",
+            "count",
+            r#"{ kind = "sliding", size = "10m" }"#,
+            "",
+        ));
         for c in ["a1", "a2", "b1"] {
             e.process_all(&ev(1_000, c, None));
         }
@@ -746,7 +801,12 @@ mod tests {
 
     #[test]
     fn state_weight_follows_growth() {
-        let e = engine(&feature("c", "count", r#"{ kind = "sliding", size = "1h" }"#, ""));
+        let e = engine(&feature(
+            "c",
+            "count",
+            r#"{ kind = "sliding", size = "1h" }"#,
+            "",
+        ));
         e.process_all(&ev(0, "c1", None));
         e.run_pending_tasks();
         let small = e.weighted_size_bytes();
@@ -755,7 +815,11 @@ mod tests {
         }
         e.run_pending_tasks();
         // 1000 one-second buckets of 16 bytes.
-        assert!(e.weighted_size_bytes() > small + 10_000, "{small} -> {}", e.weighted_size_bytes());
+        assert!(
+            e.weighted_size_bytes() > small + 10_000,
+            "{small} -> {}",
+            e.weighted_size_bytes()
+        );
     }
 
     #[test]

@@ -51,5 +51,8 @@ pub enum FeatureConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FeatureEngineError {
     #[error("unknown feature group {group_idx} (the set has {group_count})")]
-    UnknownGroup { group_idx: usize, group_count: usize },
+    UnknownGroup {
+        group_idx: usize,
+        group_count: usize,
+    },
 }

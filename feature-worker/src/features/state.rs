@@ -336,7 +336,10 @@ impl FeatureState {
     }
 }
 
-fn numeric_value<'a>(agg: Aggregation, buckets: impl Iterator<Item = &'a NumBucket>) -> FeatureValue {
+fn numeric_value<'a>(
+    agg: Aggregation,
+    buckets: impl Iterator<Item = &'a NumBucket>,
+) -> FeatureValue {
     let (n, sum) = buckets.fold((0u64, 0.0f64), |(n, s), x| (n + u64::from(x.n), s + x.sum));
     match agg {
         Aggregation::Avg if n == 0 => FeatureValue::Null,
@@ -378,7 +381,8 @@ impl DistinctState {
                 match self.sketch.back_mut() {
                     Some((s, hll)) if *s == b => hll.insert(&h),
                     _ => {
-                        if let Ok(mut hll) = Hll::new(self.precision, BuildHasherDefault::default()) {
+                        if let Ok(mut hll) = Hll::new(self.precision, BuildHasherDefault::default())
+                        {
                             hll.insert(&h);
                             self.sketch.push_back((b, hll));
                         }

@@ -1,0 +1,105 @@
+//! The api's errors: one [`ApiError`] for every native 4xx/5xx (`{"code","message","data"}`),
+//! and [`JaegerError`] for the Jaeger-compatible routes (Jaeger's `errors` envelope).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// A native api failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { message: String, data: Value },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            data: Value::Null,
+        }
+    }
+
+    /// A bad parameter, named in `data.parameter`.
+    pub fn bad_param(parameter: &str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            data: json!({ "parameter": parameter }),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code of the envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "bad_request",
+            Self::NotFound(_) => "not_found",
+            Self::Storage(_) => "storage_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<clickhouse::error::Error> for ApiError {
+    fn from(e: clickhouse::error::Error) -> Self {
+        tracing::warn!(error = %e, "clickhouse query failed");
+        Self::Storage(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let data = match &self {
+            Self::BadRequest { data, .. } => data.clone(),
+            _ => Value::Null,
+        };
+        let body = json!({ "code": self.code(), "message": self.to_string(), "data": data });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// A failure on a Jaeger route, answered as Jaeger does:
+/// `{"data":null,"total":0,"limit":0,"offset":0,"errors":[{"code":404,"msg":"..."}]}`.
+#[derive(Debug)]
+pub struct JaegerError(pub ApiError);
+
+impl From<ApiError> for JaegerError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<clickhouse::error::Error> for JaegerError {
+    fn from(e: clickhouse::error::Error) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for JaegerError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let body = json!({
+            "data": null,
+            "total": 0,
+            "limit": 0,
+            "offset": 0,
+            "errors": [{ "code": status.as_u16(), "msg": self.0.to_string() }],
+        });
+        (status, Json(body)).into_response()
+    }
+}
