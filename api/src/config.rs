@@ -18,7 +18,7 @@ pub struct ApiSection {
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8081".into(),
+            listen: "127.0.0.1:8082".into(),
             default_search_limit: 20,
             max_limit: 1000,
         }

@@ -114,7 +114,23 @@ async fn track(State(metrics): State<ApiMetrics>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
-    let response = next.run(request).await;
+    // A server span per request, continuing the caller's trace (Grafana sends none: new trace).
+    let caller = request
+        .headers()
+        .get(riskstream_common::kafka::header::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(riskstream_common::trace_context::TraceParent::parse);
+    let span = tracing::info_span!(
+        "api request",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    riskstream_common::telemetry::link_span(&span, caller.as_ref());
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     let labels = RouteLabels {
         route,
         status: response.status().as_u16(),

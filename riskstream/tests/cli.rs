@@ -223,3 +223,93 @@ fn bad_usage_and_bad_config_exit_with_2_and_print_every_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
 }
+
+/// Every service command in docker-compose.yml is one the binary accepts (flags included).
+#[test]
+fn compose_commands_are_accepted_by_the_binary() {
+    let compose = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker-compose.yml"
+    ))
+    .unwrap();
+    let mut checked = 0;
+    for line in compose.lines() {
+        let Some(rest) = line.trim().strip_prefix("command: [") else {
+            continue;
+        };
+        let args: Vec<String> = rest
+            .trim_end_matches(']')
+            .split(',')
+            .map(|a| a.trim().trim_matches('"').to_string())
+            .collect();
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "compose command {args:?} refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} compose commands found");
+}
+
+/// The shipped example configuration is valid and documents exactly the defaults.
+#[test]
+fn example_config_is_valid_and_shows_the_defaults() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/riskstream.toml");
+    let from_file = Command::new(BIN)
+        .args(["config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        from_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    let defaults = Command::new(BIN).arg("config").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&from_file.stdout),
+        String::from_utf8_lossy(&defaults.stdout)
+    );
+}
+
+/// `broker --port P` answers on P (forwarding to the mock cluster's own listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_on_a_chosen_port_serves_produce_and_fetch() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_broker, bootstrap) = spawn_and_read(
+        &["broker", "--partitions", "1", "--port", &port.to_string()],
+        "bootstrap",
+    );
+    assert_eq!(bootstrap, format!("127.0.0.1:{port}"));
+    let out = Command::new(BIN)
+        .args([
+            "produce",
+            "--brokers",
+            &bootstrap,
+            "--count",
+            "50",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kafka = KafkaConfig {
+        brokers: bootstrap,
+        ..KafkaConfig::default()
+    };
+    let records = read_records(&kafka, "events", 51, Duration::from_secs(8)).await;
+    assert_eq!(records.len(), 50);
+}

@@ -81,6 +81,8 @@ async fn one_event_is_one_trace_across_ingest_and_worker_and_its_decision_is_sto
     let (_api, api) = spawn(
         &[
             "api",
+            "--brokers",
+            b,
             "--clickhouse-url",
             ch.url(),
             "--listen",

@@ -4,7 +4,8 @@
 //! When `RISKSTREAM_TEST_CLICKHOUSE_URL` is set, [`server`] uses that server instead of starting
 //! one. Otherwise `clickhouse-server` (Debian's package: `apt-get install clickhouse-server`)
 //! is started on free ports in a temporary directory. Every server started here runs under a
-//! `sh` watchdog that kills it once the test process is gone, so no server outlives its tests.
+//! `sh` watchdog that kills it once the test process is gone (and removes its temporary
+//! directory), so no server outlives its tests.
 //! Tests isolate themselves with their own database (`crate::unique("t")`).
 
 use std::io::{Read, Write};
@@ -153,12 +154,14 @@ impl ClickHouseServer {
         let script = format!(
             "{bin} --config-file={cfg} >{log} 2>&1 & ch=$!; echo $ch >{pidf}; \
              while kill -0 {parent} 2>/dev/null && kill -0 $ch 2>/dev/null; do sleep 1; done; \
-             kill -9 $ch 2>/dev/null",
+             kill -9 $ch 2>/dev/null; \
+             if ! kill -0 {parent} 2>/dev/null; then sleep 1; rm -rf {dir}; fi",
             bin = binary.display(),
             cfg = config.display(),
             log = dir.path().join("stdout.log").display(),
             pidf = pid_file.display(),
             parent = std::process::id(),
+            dir = dir.path().display(),
         );
         let watchdog = Command::new("sh")
             .arg("-c")

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         spans: usize::try_from(env_or("BENCH_SPANS", 1_000_000))?,
         spans_per_record: usize::try_from(env_or("BENCH_SPANS_PER_RECORD", 100))?,
         batch_max_rows: usize::try_from(env_or("BENCH_BATCH_ROWS", 100_000))?,
+        insert_concurrency: usize::try_from(env_or("BENCH_INSERT_CONCURRENCY", 2))?,
         lookups: usize::try_from(env_or("BENCH_LOOKUPS", 1000))?,
         filler_spans: env_or("BENCH_FILLER", 0),
         clickhouse_client: Some(("clickhouse-client".into(), server.tcp_port())),

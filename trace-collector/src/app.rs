@@ -87,6 +87,7 @@ impl App {
             retry_backoff_min: c.retry_backoff_min,
             retry_backoff_max: c.retry_backoff_max,
             insert_timeout: config.clickhouse.request_timeout,
+            insert_concurrency: c.insert_concurrency,
         };
         let mut writers = Vec::new();
         let (spans_sink, h) = Sink::<SpanRow>::spawn(

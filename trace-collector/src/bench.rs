@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub spans_per_record: usize,
     /// Collector batching (`collector.batch_max_rows`).
     pub batch_max_rows: usize,
+    /// Collector `insert_concurrency`.
+    pub insert_concurrency: usize,
     /// Trace-by-id lookups timed at the end.
     pub lookups: usize,
     /// Extra spans generated inside ClickHouse before the lookups (e.g. 9M for a 10M table).
@@ -57,6 +59,7 @@ impl Default for BenchOptions {
             spans_per_trace: 10,
             spans_per_record: 100,
             batch_max_rows: 100_000,
+            insert_concurrency: 2,
             lookups: 1000,
             filler_spans: 0,
             clickhouse_client: Some((PathBuf::from("clickhouse-client"), 9000)),
@@ -265,6 +268,7 @@ pub async fn bench(options: BenchOptions) -> Result<BenchReport, BenchError> {
             group_id: format!("bench-{run}"),
             batch_max_rows: options.batch_max_rows,
             queue_max_spans: options.batch_max_rows * 4,
+            insert_concurrency: options.insert_concurrency,
             ..CollectorSection::default()
         },
     };

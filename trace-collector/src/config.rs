@@ -107,6 +107,9 @@ pub struct CollectorSection {
     /// Rows accepted but not yet stored, per table. When full, Kafka consumption pauses and
     /// OTLP requests get 503 / `RESOURCE_EXHAUSTED` with a retry hint.
     pub queue_max_spans: usize,
+    /// Inserts in flight at once per table (the next batch is sent while ClickHouse writes
+    /// the previous one).
+    pub insert_concurrency: usize,
     /// Backoff between attempts of a failed insert: doubles from min to max, with jitter.
     #[serde(with = "humantime_serde")]
     pub retry_backoff_min: Duration,
@@ -137,6 +140,7 @@ impl Default for CollectorSection {
             batch_max_rows: 20_000,
             batch_max_wait: Duration::from_millis(200),
             queue_max_spans: 200_000,
+            insert_concurrency: 2,
             retry_backoff_min: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
@@ -176,6 +180,9 @@ impl Validate for Config {
         }
         if c.batch_max_rows == 0 {
             v.push("collector.batch_max_rows must be at least 1".into());
+        }
+        if c.insert_concurrency == 0 {
+            v.push("collector.insert_concurrency must be at least 1".into());
         }
         if c.batch_max_wait.is_zero() {
             v.push("collector.batch_max_wait must be positive".into());

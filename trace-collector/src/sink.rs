@@ -40,6 +40,8 @@ pub struct SinkConfig {
     pub retry_backoff_max: Duration,
     /// Longest time one insert request may take.
     pub insert_timeout: Duration,
+    /// Inserts in flight at once per table.
+    pub insert_concurrency: usize,
 }
 
 /// Resolves once the submitted rows are stored (`Ok`) or definitely not.
@@ -208,14 +210,16 @@ impl Writer {
         self,
         mut rx: mpsc::UnboundedReceiver<Item<R>>,
     ) {
-        let labels = TableLabels {
-            table: self.table.into(),
-        };
+        let this = Arc::new(self);
+        // Up to `insert_concurrency` inserts in flight: the next batch is serialized while
+        // ClickHouse writes the previous one's parts.
+        let in_flight = Arc::new(Semaphore::new(this.config.insert_concurrency.max(1)));
+        let mut inserts = tokio::task::JoinSet::new();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             let mut rows: usize = batch[0].rows.len();
-            let deadline = tokio::time::Instant::now() + self.config.batch_max_wait;
-            while rows < self.config.batch_max_rows {
+            let deadline = tokio::time::Instant::now() + this.config.batch_max_wait;
+            while rows < this.config.batch_max_rows {
                 tokio::select! {
                     item = rx.recv() => match item {
                         Some(item) => { rows += item.rows.len(); batch.push(item); }
@@ -224,43 +228,64 @@ impl Writer {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            let outcome = self.insert_with_retry(&batch, rows).await;
-            match &outcome {
-                Ok(()) => {
-                    self.metrics
-                        .batch_rows
-                        .get_or_create(&labels)
-                        .observe(rows as f64);
-                    for item in &batch {
-                        self.metrics.stored(item.receiver, item.rows.len());
-                    }
-                    for item in batch {
-                        let _ = item.ack.send(Ok(()));
-                    }
+            let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let writer = this.clone();
+            inserts.spawn(async move {
+                writer.flush(batch, rows).await;
+                drop(slot);
+            });
+            while inserts.try_join_next().is_some() {}
+        }
+        while inserts.join_next().await.is_some() {}
+        tracing::debug!(table = this.table, "table writer stopped");
+    }
+
+    /// Inserts one batch (retrying) and acknowledges its submissions.
+    async fn flush<R: RowOwned + RowWrite + Send + Sync + 'static>(
+        &self,
+        batch: Vec<Item<R>>,
+        rows: usize,
+    ) {
+        let labels = TableLabels {
+            table: self.table.into(),
+        };
+        let outcome = self.insert_with_retry(&batch, rows).await;
+        match &outcome {
+            Ok(()) => {
+                self.metrics
+                    .batch_rows
+                    .get_or_create(&labels)
+                    .observe(rows as f64);
+                for item in &batch {
+                    self.metrics.stored(item.receiver, item.rows.len());
                 }
-                Err(SinkError::Rejected(_)) if batch.len() > 1 => {
-                    // One bad submission must not sink the others: store them one by one.
-                    for item in batch {
-                        let n = item.rows.len();
-                        let single = self.insert_with_retry(std::slice::from_ref(&item), n).await;
-                        if single.is_ok() {
-                            self.metrics.stored(item.receiver, n);
-                        }
-                        let _ = item.ack.send(single);
-                    }
-                }
-                Err(e) => {
-                    for item in batch {
-                        let _ = item.ack.send(Err(e.clone()));
-                    }
+                for item in batch {
+                    let _ = item.ack.send(Ok(()));
                 }
             }
-            self.metrics
-                .queue_rows
-                .get_or_create(&labels)
-                .set(i64::try_from(self.capacity - self.permits.available_permits()).unwrap_or(0));
+            Err(SinkError::Rejected(_)) if batch.len() > 1 => {
+                // One bad submission must not sink the others: store them one by one.
+                for item in batch {
+                    let n = item.rows.len();
+                    let single = self.insert_with_retry(std::slice::from_ref(&item), n).await;
+                    if single.is_ok() {
+                        self.metrics.stored(item.receiver, n);
+                    }
+                    let _ = item.ack.send(single);
+                }
+            }
+            Err(e) => {
+                for item in batch {
+                    let _ = item.ack.send(Err(e.clone()));
+                }
+            }
         }
-        tracing::debug!(table = self.table, "table writer stopped");
+        self.metrics
+            .queue_rows
+            .get_or_create(&labels)
+            .set(i64::try_from(self.capacity - self.permits.available_permits()).unwrap_or(0));
     }
 
     async fn insert_with_retry<R: RowOwned + RowWrite + Send + Sync + 'static>(
