@@ -132,6 +132,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error.
     fn environment_variables_override_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[svc]\nlimit = 3\n")?;

@@ -235,6 +235,16 @@ impl EventDecoder {
 
     /// Decodes and validates one JSON value. Never panics; collects every field error.
     pub fn decode_value(&self, value: Value, now_ms: i64) -> Result<Event, EventError> {
+        self.decode_value_encoded(value, now_ms).map(|(e, _)| e)
+    }
+
+    /// [`Self::decode_value`], also returning the event's canonical JSON (which the size check
+    /// computes anyway), so a producer need not encode it again.
+    pub fn decode_value_encoded(
+        &self,
+        value: Value,
+        now_ms: i64,
+    ) -> Result<(Event, Vec<u8>), EventError> {
         let Value::Object(mut obj) = value else {
             return Err(EventError::one(FieldError::new(
                 "$",
@@ -411,11 +421,11 @@ impl EventDecoder {
         if !errors.is_empty() {
             return Err(EventError { errors });
         }
-        let size = event.to_json_bytes().len();
-        if size > self.limits.max_event_size_bytes {
-            return Err(self.too_large(size));
+        let bytes = event.to_json_bytes();
+        if bytes.len() > self.limits.max_event_size_bytes {
+            return Err(self.too_large(bytes.len()));
         }
-        Ok(event)
+        Ok((event, bytes))
     }
 }
 

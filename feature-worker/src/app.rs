@@ -48,6 +48,8 @@ pub enum WorkerError {
     Bind(String, std::io::Error),
     #[error("admin http server: {0}")]
     Serve(std::io::Error),
+    #[error("keyed mode: {0}")]
+    Keyed(#[from] crate::keyed::KeyedError),
 }
 
 /// What the admin server and the loop share.
@@ -139,7 +141,10 @@ impl App {
             .kafka
             .consumer_config(&config.worker.group_id)
             .create_with_context(WorkerContext::default())?;
-        consumer.subscribe(&[config.kafka.topics.events.as_str()])?;
+        if config.worker.mode == crate::config::WorkerMode::Local {
+            // Keyed mode reads through its own per-stage consumers (crate::keyed).
+            consumer.subscribe(&[config.kafka.topics.events.as_str()])?;
+        }
         let producer = config.kafka.producer()?;
         let listener = TcpListener::bind(&config.worker.listen)
             .await
@@ -224,8 +229,20 @@ impl App {
             .control
             .wait_caught_up(state.config.worker.control_catch_up_timeout)
             .await;
-        let mut lp = Loop::new(state.clone(), consumer.clone(), producer.clone());
-        lp.run(shutdown.clone()).await;
+        let mut result = Ok(());
+        match state.config.worker.mode {
+            crate::config::WorkerMode::Local => {
+                let mut lp = Loop::new(state.clone(), consumer.clone(), producer.clone());
+                lp.run(shutdown.clone()).await;
+            }
+            crate::config::WorkerMode::Keyed => {
+                result = crate::keyed::run(state.clone(), producer.clone(), shutdown.clone())
+                    .await
+                    .map_err(WorkerError::from);
+                // A failed stage stops the whole worker.
+                shutdown.cancel();
+            }
+        }
         let _ = maintenance.await;
         let _ = control.await;
         let _ = admin.await;
@@ -235,7 +252,7 @@ impl App {
         })
         .await;
         tracing::info!("worker stopped");
-        Ok(())
+        result
     }
 }
 
@@ -575,7 +592,7 @@ fn send_outputs(
 }
 
 /// Copies a poison record to the dead-letter topic with the reason in its headers.
-fn dead_letter(
+pub(crate) fn dead_letter(
     producer: FutureProducer,
     topic: String,
     m: &BorrowedMessage<'_>,
@@ -620,7 +637,8 @@ fn dead_letter(
     }
 }
 
-async fn send_with_retry(
+/// Produces one record, retrying with backoff until Kafka acknowledges it.
+pub(crate) async fn send_with_retry(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&[u8]>,

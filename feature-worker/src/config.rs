@@ -13,6 +13,19 @@ use crate::scoring::ScoringConfig;
 /// Where the shipped feature definitions live.
 pub const DEFAULT_FEATURES_PATH: &str = "config/features.toml";
 
+/// How the worker distributes feature state (see docs/features.md, "Distributed mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerMode {
+    /// Every feature group computed by the worker that reads the event: exact only for
+    /// features keyed by the `events` partition key.
+    Local,
+    /// keyBy through the repartition topic: each entity's state on exactly one worker, exact
+    /// with any number of workers and through rebalances.
+    #[default]
+    Keyed,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
@@ -43,6 +56,16 @@ pub struct WorkerConfig {
     /// events are processed.
     #[serde(with = "humantime_serde")]
     pub control_catch_up_timeout: Duration,
+    /// `keyed` (distributed, exact) or `local` (single-stage).
+    pub mode: WorkerMode,
+    /// Keyed mode: the shortest gap between two watermark markers of one source partition.
+    #[serde(with = "humantime_serde")]
+    pub watermark_interval: Duration,
+    /// Keyed mode: how long an incomplete feature join waits for its missing parts.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// Keyed mode: most incomplete feature joins held (the oldest are given up beyond it).
+    pub join_max_pending: u64,
 }
 
 impl Default for WorkerConfig {
@@ -62,6 +85,10 @@ impl Default for WorkerConfig {
             scoring: ScoringConfig::default(),
             rules_poll_interval: Duration::from_secs(1),
             control_catch_up_timeout: Duration::from_secs(10),
+            mode: WorkerMode::default(),
+            watermark_interval: Duration::from_millis(20),
+            join_timeout: Duration::from_secs(120),
+            join_max_pending: 1_000_000,
         }
     }
 }
@@ -77,6 +104,12 @@ impl WorkerConfig {
         }
         if self.rules_poll_interval.is_zero() {
             v.push("worker.rules_poll_interval must be positive".into());
+        }
+        if self.watermark_interval.is_zero() {
+            v.push("worker.watermark_interval must be positive".into());
+        }
+        if self.join_timeout.is_zero() || self.join_max_pending == 0 {
+            v.push("worker.join_timeout and worker.join_max_pending must be positive".into());
         }
         if self.group_id.trim().is_empty() {
             v.push("worker.group_id must not be empty".into());

@@ -10,9 +10,10 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod features;
+pub mod keyed;
 pub mod metrics;
 pub mod scoring;
 pub mod stream;
 
 pub use app::{App, WorkerError, WorkerState};
-pub use config::{Config, WorkerConfig};
+pub use config::{Config, WorkerConfig, WorkerMode};

@@ -428,6 +428,31 @@ pub async fn post_decision(
     headers_in: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = headers_in
+        .get(kheader::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let span = tracing::info_span!(
+        "POST /v1/decisions",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = DECISIONS_ROUTE,
+    );
+    let request_trace = riskstream_common::telemetry::link_span(&span, caller.as_ref());
+    tracing::Instrument::instrument(
+        post_decision_in_span(state, query, headers_in, body, request_trace),
+        span,
+    )
+    .await
+}
+
+async fn post_decision_in_span(
+    state: AppState,
+    query: Result<Query<DecideQuery>, QueryRejection>,
+    headers_in: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    request_trace: TraceParent,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let inner = &state.inner;
     let cfg = &inner.config.ingest;
@@ -505,36 +530,34 @@ pub async fn post_decision(
             format!("{e}: {id}"),
         ),
     })?;
-    let caller_trace = headers_in
-        .get(kheader::TRACEPARENT)
-        .and_then(|v| v.to_str().ok());
-    let trace = TraceParent::continue_or_new(caller_trace);
+    let trace = request_trace;
     let produced_at = Instant::now();
-    let (partition, offset) = match produce_event(inner, &event, &trace).await {
-        Ok(d) => {
-            inner.metrics.events_accepted.inc();
-            d
-        }
-        Err(e) if is_retryable(&e) => {
-            inner.metrics.reject("kafka_unavailable");
-            tracing::warn!(error = %e, event_id = %id, "kafka did not acknowledge an event");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "kafka_unavailable",
-                format!("kafka did not acknowledge the event: {e}"),
-            )
-            .with_data(json!({"event_id": id}))
-            .retry_after(cfg.retry_after_secs));
-        }
-        Err(e) => {
-            inner.metrics.reject("kafka_rejected");
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "kafka_rejected",
-                format!("kafka refused the record: {e}"),
-            ));
-        }
-    };
+    let (partition, offset) =
+        match produce_event(inner, &event, &event.to_json_bytes(), &trace).await {
+            Ok(d) => {
+                inner.metrics.events_accepted.inc();
+                d
+            }
+            Err(e) if is_retryable(&e) => {
+                inner.metrics.reject("kafka_unavailable");
+                tracing::warn!(error = %e, event_id = %id, "kafka did not acknowledge an event");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kafka_unavailable",
+                    format!("kafka did not acknowledge the event: {e}"),
+                )
+                .with_data(json!({"event_id": id}))
+                .retry_after(cfg.retry_after_secs));
+            }
+            Err(e) => {
+                inner.metrics.reject("kafka_rejected");
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "kafka_rejected",
+                    format!("kafka refused the record: {e}"),
+                ));
+            }
+        };
     let left = deadline.saturating_duration_since(Instant::now());
     if let Some(bytes) = waiter.wait(left).await {
         hub.metrics

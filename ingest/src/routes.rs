@@ -303,9 +303,9 @@ async fn post_events_in_span(
         ));
     }
     let now = now_ms();
-    let decoded: Vec<Result<Event, EventError>> = values
+    let decoded: Vec<Result<(Event, Vec<u8>), EventError>> = values
         .into_iter()
-        .map(|v| inner.decoder.decode_value(v, now))
+        .map(|v| inner.decoder.decode_value_encoded(v, now))
         .collect();
 
     let results = produce_all(&state, decoded, &request_trace).await;
@@ -355,7 +355,7 @@ async fn post_events_in_span(
 /// Produces every valid event concurrently and waits for every acknowledgement.
 async fn produce_all(
     state: &AppState,
-    decoded: Vec<Result<Event, EventError>>,
+    decoded: Vec<Result<(Event, Vec<u8>), EventError>>,
     request_trace: &TraceParent,
 ) -> Vec<EventResult> {
     let inner = &state.inner;
@@ -363,7 +363,7 @@ async fn produce_all(
         .into_iter()
         .enumerate()
         .map(|(index, d)| async move {
-            let event = match d {
+            let (event, payload) = match d {
                 Ok(e) => e,
                 Err(err) => {
                     inner.metrics.reject(err.code());
@@ -374,7 +374,7 @@ async fn produce_all(
                 }
             };
             let trace = *request_trace;
-            match produce_event(inner, &event, &trace).await {
+            match produce_event(inner, &event, &payload, &trace).await {
                 Ok((partition, offset)) => {
                     inner.metrics.events_accepted.inc();
                     EventResult::Accepted {
@@ -398,6 +398,7 @@ async fn produce_all(
 pub(crate) async fn produce_event(
     inner: &crate::Inner,
     event: &Event,
+    payload: &[u8],
     trace: &TraceParent,
 ) -> Result<(i32, i64), KafkaError> {
     let topic = inner.config.kafka.topics.events.as_str();
@@ -414,10 +415,9 @@ pub(crate) async fn produce_event(
     );
     // The header carries this span's context, so the worker's span is its child.
     let traceparent = link_span(&span, Some(trace)).to_string();
-    let payload = event.to_json_bytes();
     let record = FutureRecord::to(topic)
         .key(key)
-        .payload(&payload)
+        .payload(payload)
         .timestamp(event.event_time_ms)
         .headers(headers([(kheader::TRACEPARENT, traceparent.as_str())]));
     let started = Instant::now();

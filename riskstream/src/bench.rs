@@ -29,9 +29,15 @@ pub struct BenchArgs {
 pub enum Which {
     /// POST /v1/events (batches of 100 and of 1) and `produce`, against a raw rdkafka producer.
     Ingest(IngestBench),
+    /// Spans from Kafka into ClickHouse against ClickHouse's own insert of the same rows, and
+    /// trace-by-id latency.
+    Collector(CollectorBench),
     /// POST /v1/decisions open loop at fixed rates through the broker and a worker, beside a
     /// raw two-hop Kafka round trip.
     Decide(crate::bench_decide::DecideBench),
+    /// The feature worker end to end (events -> decisions) in local and keyed mode, beside a
+    /// raw consume -> produce passthrough.
+    Worker(crate::bench_worker::WorkerBench),
 }
 
 #[derive(Debug, Args)]
@@ -49,20 +55,83 @@ pub struct IngestBench {
     pub partitions: i32,
 }
 
+#[derive(Debug, Args)]
+pub struct CollectorBench {
+    /// ClickHouse HTTP URL (the run creates and uses its own databases).
+    #[arg(long)]
+    pub clickhouse_url: String,
+    /// ClickHouse native port for the `clickhouse-client` baseline (default: the baseline posts
+    /// the file over HTTP).
+    #[arg(long)]
+    pub clickhouse_native_port: Option<u16>,
+    /// Kafka bootstrap servers (default: an embedded mock broker in this process).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub spans: usize,
+    /// Extra spans generated inside ClickHouse before the lookups (9000000 for a 10M table).
+    #[arg(long, default_value_t = 0)]
+    pub filler: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub lookups: usize,
+}
+
+async fn collector(a: CollectorBench) -> anyhow::Result<()> {
+    use riskstream_trace_collector::bench::{BenchOptions, bench};
+    let topics = Topics::default();
+    let topic = format!("bench.otlp_spans.{}", std::process::id());
+    let embedded;
+    let brokers = match &a.brokers {
+        Some(b) => b.clone(),
+        None => {
+            // The mock keeps ~5 MB per partition: enough partitions to hold the whole run.
+            embedded =
+                EmbeddedBroker::with_topics(128, [topic.as_str()]).context("embedded broker")?;
+            embedded.bootstrap().to_string()
+        }
+    };
+    let options = BenchOptions {
+        kafka: KafkaConfig {
+            brokers,
+            topics,
+            fetch_wait_max: Duration::from_millis(5),
+            ..KafkaConfig::default()
+        },
+        clickhouse: riskstream_trace_collector::ClickHouseConfig {
+            url: a.clickhouse_url.clone(),
+            database: "bench".into(),
+            ..Default::default()
+        },
+        spans: a.spans,
+        lookups: a.lookups,
+        filler_spans: a.filler,
+        clickhouse_client: a
+            .clickhouse_native_port
+            .map(|p| ("clickhouse-client".into(), p)),
+        topic: Some(topic),
+        ..Default::default()
+    };
+    let report = bench(options).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     match args.which {
+        Which::Collector(a) => collector(a).await.map_err(Failure::Runtime),
         Which::Ingest(a) => ingest(a).await.map_err(Failure::Runtime),
         Which::Decide(a) => crate::bench_decide::run(a).await.map_err(Failure::Runtime),
+        Which::Worker(a) => crate::bench_worker::run(a).await.map_err(Failure::Runtime),
     }
 }
 
 /// One measured phase.
-struct Phase {
-    name: String,
-    events: usize,
-    elapsed: Duration,
+pub(crate) struct Phase {
+    pub(crate) name: String,
+    pub(crate) events: usize,
+    pub(crate) elapsed: Duration,
     /// Latency per request (or per record), microseconds.
-    latency: Histogram<u64>,
+    pub(crate) latency: Histogram<u64>,
 }
 
 impl Phase {
@@ -71,12 +140,12 @@ impl Phase {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
-fn print_phases(title: &str, ceiling: &Phase, phases: &[Phase]) {
+pub(crate) fn print_phases(title: &str, ceiling: &Phase, phases: &[Phase]) {
     println!("\n{title}");
     println!(
         "{:<34} {:>9} {:>12} {:>10} {:>10} {:>10} {:>8}",

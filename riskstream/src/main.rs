@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_decide;
+mod bench_worker;
 mod broker;
 mod cli;
 mod demo;

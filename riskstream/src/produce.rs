@@ -144,7 +144,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
 }
 
 enum Source {
-    Generator(Generator, u64),
+    Generator(Box<Generator>, u64),
     Lines(Box<dyn tokio::io::AsyncBufRead + Unpin + Send>, u64),
 }
 
@@ -199,13 +199,13 @@ pub async fn produce(
             Source::Lines(Box::new(BufReader::new(f)), 0)
         }
         (None, Some(n)) => Source::Generator(
-            Generator::new(GeneratorConfig {
+            Box::new(Generator::new(GeneratorConfig {
                 seed: args.seed,
                 start_time_ms,
                 fraud_share: args.fraud_share,
                 accounts: args.accounts.max(1),
                 ..GeneratorConfig::default()
-            }),
+            })),
             n,
         ),
         (None, None) => return Err(Failure::Usage(vec!["nothing to produce".into()])),

@@ -179,14 +179,22 @@ async fn one_event_is_one_trace_across_ingest_and_worker_and_its_decision_is_sto
     }
     let produce = by_name("riskstream.ingest.produce");
     let process = by_name("riskstream.worker.process");
-    let features = by_name("riskstream.features.update");
     let score = by_name("riskstream.score");
     let decision = by_name("riskstream.decision.produce");
     // ingest's produce span is the parent of the worker's processing, through the Kafka header.
     assert_eq!(parent_of(process), produce["spanID"].as_str().unwrap());
-    assert_eq!(parent_of(features), process["spanID"].as_str().unwrap());
     assert_eq!(parent_of(score), process["spanID"].as_str().unwrap());
     assert_eq!(parent_of(decision), process["spanID"].as_str().unwrap());
+    // The feature work is in the trace too: computed in place (local mode) or gathered from the
+    // keyed state stage (keyed mode).
+    let features = spans
+        .iter()
+        .find(|s| {
+            s["operationName"] == "riskstream.features.update"
+                || s["operationName"] == "riskstream.features.join"
+        })
+        .unwrap_or_else(|| panic!("no feature span in {spans:?}"));
+    assert_eq!(parent_of(features), process["spanID"].as_str().unwrap());
     // The request span continues the caller's span.
     let request = by_name("POST /v1/events");
     assert_eq!(parent_of(request), "b7ad6b7169203331");

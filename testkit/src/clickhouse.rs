@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// Environment variable naming an existing server (`http://host:8123`) for the shared instance.
 pub const URL_ENV: &str = "RISKSTREAM_TEST_CLICKHOUSE_URL";
+/// Native-protocol port of that server (default 9000), for `clickhouse-client`.
+pub const TCP_PORT_ENV: &str = "RISKSTREAM_TEST_CLICKHOUSE_TCP_PORT";
 /// The server binary looked up on `PATH` and in `/usr/sbin`.
 const SERVER_BINARIES: [&str; 3] = [
     "clickhouse-server",
@@ -89,7 +91,10 @@ impl ClickHouseServer {
         let server = Self {
             url,
             http_port,
-            tcp_port: 9000,
+            tcp_port: std::env::var(TCP_PORT_ENV)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(9000),
             dir: None,
             binary: None,
             pid: Mutex::new(None),
