@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaRespErr;
 use serde::{Deserialize, Serialize};
 
 /// Default topic names. Every one is overridable in `[kafka.topics]`.
@@ -264,4 +265,34 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Owned
             value: Some(v),
         })
     })
+}
+
+/// The eager (assign/unassign) rebalance, for a `ConsumerContext::rebalance` override: the same
+/// steps as rdkafka's default, without its `rebalance_protocol()` query, which can block forever
+/// when the rebalance is the one run while the consumer is being closed (dropped). Our consumers
+/// use the default eager assignors, never the cooperative one.
+pub fn eager_rebalance<C: ConsumerContext>(
+    ctx: &C,
+    consumer: &BaseConsumer<C>,
+    err: RDKafkaRespErr,
+    tpl: &mut rdkafka::TopicPartitionList,
+) {
+    let rebalance = match err {
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+        other => {
+            let code: RDKafkaErrorCode = other.into();
+            tracing::warn!(error = %code, "rebalance error");
+            Rebalance::Error(KafkaError::Rebalance(code))
+        }
+    };
+    ctx.pre_rebalance(consumer, &rebalance);
+    let result = match &rebalance {
+        Rebalance::Assign(tpl) => consumer.assign(tpl),
+        _ => consumer.unassign(),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "applying a rebalance");
+    }
+    ctx.post_rebalance(consumer, &rebalance);
 }

@@ -328,8 +328,8 @@ async fn post_events_in_span(
         }
     }
     out.errors = out.rejected + out.failed > 0;
-    let data = serde_json::to_value(&out).unwrap_or(Value::Null);
     if retryable_failure {
+        let data = serde_json::to_value(&out).unwrap_or(Value::Null);
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "kafka_unavailable",
@@ -342,6 +342,7 @@ async fn post_events_in_span(
         .retry_after(cfg.ingest.retry_after_secs));
     }
     if out.accepted == 0 {
+        let data = serde_json::to_value(&out).unwrap_or(Value::Null);
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_events",
@@ -349,7 +350,8 @@ async fn post_events_in_span(
         )
         .with_data(data));
     }
-    Ok((StatusCode::ACCEPTED, Json(data)).into_response())
+    // The common case is serialized straight to bytes, without an intermediate Value.
+    Ok((StatusCode::ACCEPTED, Json(out)).into_response())
 }
 
 /// Produces every valid event concurrently and waits for every acknowledgement.

@@ -373,14 +373,17 @@ async fn http_phase(
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
                 let t0 = Instant::now();
-                let ok = http
+                let ok = match http
                     .post(&url)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
                     .await
-                    .map(|r| r.status().as_u16() == 202)
-                    .unwrap_or(false);
+                {
+                    // Read the answer whole, as a client does (and so the connection is reused).
+                    Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
                 if ok {
                     let _ = lat.record((t0.elapsed().as_micros() as u64).max(1));
                 } else {

@@ -154,6 +154,15 @@ impl StageContext {
 impl ClientContext for StageContext {}
 
 impl ConsumerContext for StageContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        riskstream_common::kafka::eager_rebalance(self, consumer, err, tpl);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             // Commit what is done; what is not is read (and restored) by the next owner.
@@ -226,13 +235,15 @@ pub(crate) async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<
 }
 
 /// Reads `topic`/`partition` from its beginning up to (excluding) `until_offset` with a
-/// group-less reader, handing each record to `f`. Returns the number of records replayed.
+/// group-less reader, handing each record to `f`, until done or `stop`. Returns the number of
+/// records replayed.
 pub(crate) async fn replay(
     kafka: &KafkaConfig,
     group_base: &str,
     topic: &str,
     partition: i32,
     until_offset: i64,
+    stop: &CancellationToken,
     mut f: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, KafkaError> {
     if until_offset <= 0 {
@@ -249,7 +260,12 @@ pub(crate) async fn replay(
     let mut n = 0u64;
     let mut errors = 0u32;
     loop {
-        match tokio::time::timeout(REPLAY_IDLE_TIMEOUT, reader.recv()).await {
+        let next = tokio::select! {
+            // Shutting down: the partition is given up anyway, its next owner replays it.
+            _ = stop.cancelled() => break,
+            next = tokio::time::timeout(REPLAY_IDLE_TIMEOUT, reader.recv()) => next,
+        };
+        match next {
             Ok(Ok(m)) => {
                 if m.offset() >= until_offset {
                     break;

@@ -92,6 +92,8 @@ struct Router {
     restored: HashSet<i32>,
     in_flight: FuturesUnordered<Acked>,
     watermark_interval: Duration,
+    /// Cancelled at shutdown (stops a replay in progress).
+    stop: CancellationToken,
 }
 
 pub(crate) async fn run(
@@ -124,6 +126,7 @@ pub(crate) async fn run(
         restored: HashSet::new(),
         in_flight: FuturesUnordered::new(),
         watermark_interval: cfg.worker.watermark_interval.max(Duration::from_millis(1)),
+        stop: shutdown.clone(),
     };
     r.run(shutdown).await;
     let _ = tokio::task::spawn_blocking(move || {
@@ -217,6 +220,7 @@ impl Router {
             &kafka.topics.events,
             p,
             first_offset,
+            &self.stop,
             |m| {
                 if let Ok(e) = decoder.decode_slice(m.payload().unwrap_or_default(), now_ms()) {
                     let _ = source.clock.admit(e.event_time_ms);
@@ -247,6 +251,10 @@ impl Router {
         }
         if !self.restored.contains(&p) {
             self.restore(p, offset).await;
+            if self.stop.is_cancelled() {
+                // The replay was cut short by shutdown: emit nothing from a partial state.
+                return;
+            }
         }
         let Some(source) = self.sources.get_mut(&p) else {
             return;

@@ -182,6 +182,8 @@ struct StateStage {
     restored: HashSet<i32>,
     in_flight: FuturesUnordered<Acked>,
     values: Vec<FeatureValue>,
+    /// Cancelled at shutdown (stops a replay in progress).
+    stop: CancellationToken,
 }
 
 pub(crate) async fn run(
@@ -214,6 +216,7 @@ pub(crate) async fn run(
         restored: HashSet::new(),
         in_flight: FuturesUnordered::new(),
         values: Vec::new(),
+        stop: shutdown.clone(),
     };
     stage.run(shutdown).await;
     let _ = tokio::task::spawn_blocking(move || {
@@ -295,12 +298,14 @@ impl StateStage {
         let kafka = self.state.config.kafka.clone();
         let group_id = self.group_id.clone();
         let started = Instant::now();
+        let stop = self.stop.clone();
         let replayed = replay(
             &kafka,
             &group_id,
             &kafka.topics.repartition,
             q,
             first_offset,
+            &stop,
             |m| self.apply(q, m.payload().unwrap_or_default(), m.offset(), false),
         )
         .await;
@@ -327,6 +332,10 @@ impl StateStage {
         }
         if !self.restored.contains(&q) {
             self.restore(q, offset).await;
+            if self.stop.is_cancelled() {
+                // The replay was cut short by shutdown: emit nothing from a partial state.
+                return;
+            }
         }
         if let Some(part) = self.parts.get_mut(&q) {
             part.tracker.begin(offset);
