@@ -507,17 +507,20 @@ impl Loop {
             outcome = decision.outcome.as_str(),
         );
         let out_trace = link_span(&produce_span, Some(&trace));
-        let fut = send_outputs(
+        let (p, o) = (pending.partition, pending.offset);
+        let late_copy = late.then(|| LateCopy {
+            topic: topics.events_late.clone(),
+            key: pending.key,
+            payload: pending.payload,
+        });
+        let fut = send_decision(
             self.producer.clone(),
             topics.decisions.clone(),
-            late.then(|| topics.events_late.clone()),
             decision,
-            pending,
+            late_copy,
             out_trace,
         );
-        let fut = (fut.0, tracing::Instrument::instrument(fut.1, produce_span));
-        let (p, o) = fut.0;
-        self.push(p, o, fut.1);
+        self.push(p, o, tracing::Instrument::instrument(fut, produce_span));
     }
 
     fn push(
@@ -552,52 +555,51 @@ impl Loop {
     }
 }
 
-/// Sends the decision (and, for a late event, its copy to the late topic), retrying until
-/// Kafka acknowledges.
-fn send_outputs(
+/// A late event's original record, copied to the late topic beside its decision.
+pub(crate) struct LateCopy {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Sends the decision (and, for a late event, its copy to the late topic) with `trace` as
+/// their `traceparent`, retrying until Kafka acknowledges. Shared by both worker modes.
+pub(crate) async fn send_decision(
     producer: FutureProducer,
     decisions_topic: String,
-    late_topic: Option<String>,
     decision: Decision,
-    pending: Pending,
+    late_copy: Option<LateCopy>,
     trace: TraceParent,
-) -> (
-    (i32, i64),
-    impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let id = (pending.partition, pending.offset);
-    let fut = async move {
-        let child = trace.to_string();
-        let value = serde_json::to_vec(&decision).unwrap_or_default();
-        let key = decision.event_id.to_string();
-        let headers = riskstream_common::kafka::headers([(header::TRACEPARENT, child.as_str())]);
+    let child = trace.to_string();
+    let value = serde_json::to_vec(&decision).unwrap_or_default();
+    let key = decision.event_id.to_string();
+    let headers = riskstream_common::kafka::headers([(header::TRACEPARENT, child.as_str())]);
+    send_with_retry(
+        &producer,
+        &decisions_topic,
+        Some(key.as_bytes()),
+        &value,
+        headers,
+    )
+    .await;
+    if let Some(late) = late_copy {
+        let headers = riskstream_common::kafka::headers([
+            (header::TRACEPARENT, child.as_str()),
+            (
+                header::DLQ_REASON,
+                "event later than the watermark minus the allowed lateness",
+            ),
+        ]);
         send_with_retry(
             &producer,
-            &decisions_topic,
-            Some(key.as_bytes()),
-            &value,
+            &late.topic,
+            late.key.as_deref(),
+            &late.payload,
             headers,
         )
         .await;
-        if let Some(late_topic) = late_topic {
-            let headers = riskstream_common::kafka::headers([
-                (header::TRACEPARENT, child.as_str()),
-                (
-                    header::DLQ_REASON,
-                    "event later than the watermark minus the allowed lateness",
-                ),
-            ]);
-            send_with_retry(
-                &producer,
-                &late_topic,
-                pending.key.as_deref(),
-                &pending.payload,
-                headers,
-            )
-            .await;
-        }
-    };
-    (id, fut)
+    }
 }
 
 /// Copies a poison record to the dead-letter topic with the reason in its headers.

@@ -19,15 +19,14 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use riskstream_common::kafka::header;
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::telemetry::link_span;
 use riskstream_common::trace_context::TraceParent;
-use riskstream_common::{Decision, Event, FeatureValue};
+use riskstream_common::{Event, FeatureValue};
 use uuid::Uuid;
 
 use super::{JOIN_GROUP_SUFFIX, KeyedError, ResultRecord, StageConsumer, stage_consumer};
-use crate::app::{WorkerState, send_with_retry};
+use crate::app::{LateCopy, WorkerState, send_decision};
 use crate::scoring::DecideContext;
 use crate::stream::OffsetTracker;
 
@@ -342,15 +341,11 @@ impl Joiner {
             outcome = decision.outcome.as_str(),
         );
         let out_trace = link_span(&produce_span, Some(&trace));
-        let late_copy = if base.late {
-            Some((
-                topics.events_late.clone(),
-                base.source_key,
-                base.source_payload.unwrap_or_default(),
-            ))
-        } else {
-            None
-        };
+        let late_copy = base.late.then(|| LateCopy {
+            topic: topics.events_late.clone(),
+            key: base.source_key.map(String::into_bytes),
+            payload: base.source_payload.unwrap_or_default().into_bytes(),
+        });
         let fut = send_decision(
             self.producer.clone(),
             topics.decisions.clone(),
@@ -382,44 +377,5 @@ impl Joiner {
         {
             tracing::debug!(error = %e, "store offset (join)");
         }
-    }
-}
-
-/// Sends the decision (and a late event's copy), retrying until Kafka acknowledges.
-async fn send_decision(
-    producer: FutureProducer,
-    decisions_topic: String,
-    decision: Decision,
-    late_copy: Option<(String, Option<String>, String)>,
-    trace: TraceParent,
-) {
-    let child = trace.to_string();
-    let value = serde_json::to_vec(&decision).unwrap_or_default();
-    let key = decision.event_id.to_string();
-    let headers = riskstream_common::kafka::headers([(header::TRACEPARENT, child.as_str())]);
-    send_with_retry(
-        &producer,
-        &decisions_topic,
-        Some(key.as_bytes()),
-        &value,
-        headers,
-    )
-    .await;
-    if let Some((topic, key, payload)) = late_copy {
-        let headers = riskstream_common::kafka::headers([
-            (header::TRACEPARENT, child.as_str()),
-            (
-                header::DLQ_REASON,
-                "event later than the watermark minus the allowed lateness",
-            ),
-        ]);
-        send_with_retry(
-            &producer,
-            &topic,
-            key.as_deref().map(str::as_bytes),
-            payload.as_bytes(),
-            headers,
-        )
-        .await;
     }
 }
