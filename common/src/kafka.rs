@@ -296,3 +296,31 @@ pub fn eager_rebalance<C: ConsumerContext>(
     }
     ctx.post_rebalance(consumer, &rebalance);
 }
+
+/// Commits a consumer's stored offsets and closes it (drops the last handle) on a thread of its
+/// own, waiting at most `timeout`. librdkafka's close runs a final revoke that can block for a
+/// long time while the whole group is leaving at once; doing it off the async runtime, bounded,
+/// keeps shutdown bounded (a consumer still closing after `timeout` is left to finish or be
+/// evicted by the group's session timeout; what it had done is already committed).
+pub async fn commit_and_close<T, C>(consumer: std::sync::Arc<T>, timeout: Duration)
+where
+    T: Consumer<C> + Send + Sync + 'static,
+    C: ConsumerContext + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                tracing::debug!(error = %e, "final commit");
+            }
+            drop(consumer);
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() && tokio::time::timeout(timeout, rx).await.is_err() {
+        tracing::warn!(
+            ?timeout,
+            "kafka consumer still closing after the timeout; moving on"
+        );
+    }
+}

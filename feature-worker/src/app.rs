@@ -243,6 +243,7 @@ impl App {
             crate::config::WorkerMode::Local => {
                 let mut lp = Loop::new(state.clone(), consumer.clone(), producer.clone());
                 lp.run(shutdown.clone()).await;
+                drop(lp);
             }
             crate::config::WorkerMode::Keyed => {
                 result = crate::keyed::run(state.clone(), producer.clone(), shutdown.clone())
@@ -255,11 +256,8 @@ impl App {
         let _ = maintenance.await;
         let _ = control.await;
         let _ = admin.await;
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = consumer.commit_consumer_state(CommitMode::Sync);
-            producer.flush(Duration::from_secs(5))
-        })
-        .await;
+        riskstream_common::kafka::commit_and_close(consumer, Duration::from_secs(10)).await;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
         tracing::info!("worker stopped");
         result
     }

@@ -119,10 +119,8 @@ pub(crate) async fn run(
         in_flight: FuturesUnordered::new(),
     };
     j.run(shutdown).await;
-    let _ = tokio::task::spawn_blocking(move || {
-        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-    })
-    .await;
+    drop(j);
+    riskstream_common::kafka::commit_and_close(consumer, super::CLOSE_TIMEOUT).await;
     Ok(())
 }
 

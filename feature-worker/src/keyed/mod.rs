@@ -47,6 +47,8 @@ pub const JOIN_GROUP_SUFFIX: &str = ".join";
 const RESTORE_GROUP_SUFFIX: &str = ".restore";
 /// A replay gives up when no record arrives for this long (the broker is gone).
 const REPLAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on committing and closing a stage's consumer at shutdown.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a metadata request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -129,10 +129,8 @@ pub(crate) async fn run(
         stop: shutdown.clone(),
     };
     r.run(shutdown).await;
-    let _ = tokio::task::spawn_blocking(move || {
-        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-    })
-    .await;
+    drop(r);
+    riskstream_common::kafka::commit_and_close(consumer, super::CLOSE_TIMEOUT).await;
     Ok(())
 }
 

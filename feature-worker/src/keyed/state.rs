@@ -219,10 +219,8 @@ pub(crate) async fn run(
         stop: shutdown.clone(),
     };
     stage.run(shutdown).await;
-    let _ = tokio::task::spawn_blocking(move || {
-        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-    })
-    .await;
+    drop(stage);
+    riskstream_common::kafka::commit_and_close(consumer, super::CLOSE_TIMEOUT).await;
     Ok(())
 }
 
