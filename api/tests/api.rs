@@ -21,7 +21,7 @@ use riskstream_api::{AppState, Config as ApiConfig, router};
 use riskstream_common::kafka::Topics;
 use riskstream_common::{Decision, Outcome};
 use riskstream_testkit::clickhouse::server;
-use riskstream_testkit::kafka::MockBroker;
+use riskstream_testkit::kafka::TestKafka;
 use riskstream_testkit::unique;
 use riskstream_trace_collector::schema::{self, DecisionRow, SpanRow, attr_type, table};
 use riskstream_trace_collector::{
@@ -532,7 +532,7 @@ async fn wait_trace(router: &Router, trace_id: &str, spans: usize) -> Value {
 async fn spans_from_a_real_sdk_exporter_and_from_kafka_come_back_from_the_jaeger_api() {
     let ch = clickhouse_config();
     let topics = Topics::with_suffix(&unique("s"));
-    let broker = MockBroker::with_topics(2, &topics);
+    let broker = TestKafka::with_topics(2, &topics);
     let config = CollectorConfig {
         kafka: broker.kafka_config(&topics),
         clickhouse: ch.clone(),

@@ -139,6 +139,8 @@ pub struct KafkaConfig {
     /// Compression for produced batches: none, gzip, snappy, lz4, zstd.
     pub compression: String,
     pub topics: Topics,
+    /// Partitions, retention and cleanup of the topics (`riskstream topics create`).
+    pub provision: crate::topics::Provision,
     /// Any further librdkafka property, passed through as is (applies to every client).
     pub extra: BTreeMap<String, String>,
 }
@@ -155,6 +157,7 @@ impl Default for KafkaConfig {
             heartbeat_interval: Duration::from_secs(1),
             compression: "lz4".into(),
             topics: Topics::default(),
+            provision: crate::topics::Provision::default(),
             extra: BTreeMap::new(),
         }
     }

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topics;
 pub mod trace_context;
 
 pub use decision::{Decision, FeatureValue, Outcome};

@@ -17,7 +17,7 @@ use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Decision, Event, FeatureValue};
 use riskstream_feature_worker::features::{FeatureEngine, FeatureSet};
 use riskstream_feature_worker::{App, Config, WorkerConfig, WorkerMode};
-use riskstream_testkit::kafka::MockBroker;
+use riskstream_testkit::kafka::TestKafka;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -27,7 +27,7 @@ fn repo(path: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
 }
 
-fn worker_config(broker: &MockBroker, topics: &Topics) -> Config {
+fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
     let mut worker = WorkerConfig {
         listen: "127.0.0.1:0".into(),
         group_id: riskstream_testkit::unique("keyed"),
@@ -185,7 +185,7 @@ fn check_against_reference(events: &[Event], decisions: &HashMap<Uuid, Decision>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_with_a_rebalance_give_the_reference_values_for_every_event() {
     let topics = Topics::with_suffix(&riskstream_testkit::unique("keyed3"));
-    let broker = MockBroker::start(PARTITIONS, &topics.all());
+    let broker = TestKafka::start(PARTITIONS, &topics.all());
     let config = worker_config(&broker, &topics);
     let n = 3000;
     let events = events(n, 21);
@@ -250,7 +250,7 @@ async fn three_workers_with_a_rebalance_give_the_reference_values_for_every_even
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_keyed_worker_gives_the_reference_values() {
     let topics = Topics::with_suffix(&riskstream_testkit::unique("keyed1"));
-    let broker = MockBroker::start(PARTITIONS, &topics.all());
+    let broker = TestKafka::start(PARTITIONS, &topics.all());
     let config = worker_config(&broker, &topics);
     let n = 1500;
     let events = events(n, 5);
@@ -273,7 +273,7 @@ async fn one_keyed_worker_gives_the_reference_values() {
 async fn local_mode_still_gives_the_reference_values_on_one_partition() {
     // Local mode is exact when every feature's key lives on the one partition there is.
     let topics = Topics::with_suffix(&riskstream_testkit::unique("local1"));
-    let broker = MockBroker::start(1, &topics.all());
+    let broker = TestKafka::start(1, &topics.all());
     let mut config = worker_config(&broker, &topics);
     config.worker.mode = WorkerMode::Local;
     config.worker.idle_timeout = Duration::from_millis(800);

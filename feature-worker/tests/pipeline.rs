@@ -18,7 +18,7 @@ use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Decision, now_ms};
 use riskstream_feature_worker::control::RULES_KEY;
 use riskstream_feature_worker::{App, Config, WorkerConfig};
-use riskstream_testkit::kafka::{MockBroker, read_records};
+use riskstream_testkit::kafka::{TestKafka, read_records};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -31,7 +31,7 @@ fn repo(path: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
 }
 
-fn worker_config(broker: &MockBroker, topics: &Topics, group: &str) -> Config {
+fn worker_config(broker: &TestKafka, topics: &Topics, group: &str) -> Config {
     let mut worker = WorkerConfig {
         listen: "127.0.0.1:0".into(),
         group_id: group.into(),
@@ -233,7 +233,7 @@ fn bad_rules(version: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted() {
     let topics = Topics::with_suffix(&riskstream_testkit::unique("pipe"));
-    let broker = MockBroker::with_topics(1, &topics);
+    let broker = TestKafka::with_topics(1, &topics);
     let config = worker_config(&broker, &topics, &riskstream_testkit::unique("workers"));
     let kafka = config.kafka.clone();
     let worker = Worker::start(config).await;
@@ -306,7 +306,7 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_rule_update_is_rejected_and_a_good_one_reaches_every_worker() {
     let topics = Topics::with_suffix(&riskstream_testkit::unique("rules"));
-    let broker = MockBroker::with_topics(2, &topics);
+    let broker = TestKafka::with_topics(2, &topics);
     let group = riskstream_testkit::unique("workers");
     let config = worker_config(&broker, &topics, &group);
     let kafka = config.kafka.clone();
@@ -496,7 +496,7 @@ async fn a_bad_rule_update_is_rejected_and_a_good_one_reaches_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rules_file_is_watched_and_a_bad_edit_keeps_the_running_set() {
     let topics = Topics::with_suffix(&riskstream_testkit::unique("rfile"));
-    let broker = MockBroker::with_topics(1, &topics);
+    let broker = TestKafka::with_topics(1, &topics);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("rules.toml");
     std::fs::write(&path, shipped_rules()).expect("write rules");

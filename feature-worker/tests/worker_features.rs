@@ -14,13 +14,13 @@ use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Decision, Event, FeatureValue};
 use riskstream_feature_worker::features::{FeatureEngine, FeatureSet};
 use riskstream_feature_worker::{App, Config, WorkerConfig};
-use riskstream_testkit::kafka::{MockBroker, read_records};
+use riskstream_testkit::kafka::{TestKafka, read_records};
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
 }
 
-fn worker_config(broker: &MockBroker, topics: &Topics) -> Config {
+fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
     let mut worker = WorkerConfig {
         listen: "127.0.0.1:0".into(),
         group_id: riskstream_testkit::unique("workers"),
@@ -50,7 +50,7 @@ fn close(a: &FeatureValue, b: &FeatureValue) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_gets_one_decision_with_the_reference_feature_values() {
     let topics = Topics::with_suffix(&riskstream_testkit::unique("wf"));
-    let broker = MockBroker::with_topics(1, &topics);
+    let broker = TestKafka::with_topics(1, &topics);
     let config = worker_config(&broker, &topics);
 
     // Generated traffic with fraud patterns, slightly shuffled: neighbours swapped, so events

@@ -15,7 +15,7 @@ use riskstream_common::trace_context::TraceParent;
 use riskstream_common::{Decision, Event, Outcome, now_ms};
 use riskstream_feature_worker::WorkerConfig;
 use riskstream_ingest::{App, Config, IngestConfig};
-use riskstream_testkit::kafka::MockBroker;
+use riskstream_testkit::kafka::TestKafka;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -30,7 +30,7 @@ fn repo(path: &str) -> PathBuf {
 }
 
 struct Pipeline {
-    _broker: MockBroker,
+    _broker: TestKafka,
     ingest: Vec<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -41,7 +41,7 @@ impl Pipeline {
     /// A broker, one worker and `replicas` ingest replicas, all in this process.
     async fn start(replicas: usize) -> Pipeline {
         let topics = Topics::with_suffix(&riskstream_testkit::unique("decide"));
-        let broker = MockBroker::with_topics(2, &topics);
+        let broker = TestKafka::with_topics(2, &topics);
         let kafka = broker.kafka_config(&topics);
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();

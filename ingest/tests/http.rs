@@ -9,7 +9,7 @@ use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::trace_context::TraceParent;
 use riskstream_ingest::{App, Config, IngestConfig};
-use riskstream_testkit::kafka::{MockBroker, read_records};
+use riskstream_testkit::kafka::{TestKafka, read_records};
 use serde_json::{Value, json};
 
 struct TestApp {
@@ -56,7 +56,7 @@ impl TestApp {
     }
 }
 
-async fn spawn_app(broker: &MockBroker, topics: &Topics, ingest: IngestConfig) -> TestApp {
+async fn spawn_app(broker: &TestKafka, topics: &Topics, ingest: IngestConfig) -> TestApp {
     let kafka = broker.kafka_config(topics);
     let config = Config {
         kafka: kafka.clone(),
@@ -98,7 +98,7 @@ fn event(account: &str, amount: f64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_are_on_the_topic_with_key_partition_and_traceparent() {
     let topics = topics();
-    let broker = MockBroker::with_topics(3, &topics);
+    let broker = TestKafka::with_topics(3, &topics);
     let app = spawn_app(&broker, &topics, IngestConfig::default()).await;
 
     let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -173,7 +173,7 @@ fn chrono_ms(rfc3339: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_mixing_good_and_bad_events_accepts_the_good_and_lists_the_bad() {
     let topics = topics();
-    let broker = MockBroker::with_topics(2, &topics);
+    let broker = TestKafka::with_topics(2, &topics);
     let app = spawn_app(&broker, &topics, IngestConfig::default()).await;
 
     let mut bad = event("acc-3", -5.0);
@@ -231,7 +231,7 @@ async fn a_batch_mixing_good_and_bad_events_accepts_the_good_and_lists_the_bad()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_malformed_and_wrongly_typed_bodies_get_the_documented_4xx() {
     let topics = topics();
-    let broker = MockBroker::with_topics(1, &topics);
+    let broker = TestKafka::with_topics(1, &topics);
     let app = spawn_app(
         &broker,
         &topics,
@@ -287,7 +287,7 @@ async fn oversized_malformed_and_wrongly_typed_bodies_get_the_documented_4xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_gives_503_with_retry_after_and_claims_nothing() {
     let topics = topics();
-    let mut broker = MockBroker::with_topics(1, &topics);
+    let mut broker = TestKafka::private_with_topics(1, &topics);
     let app = spawn_app(
         &broker,
         &topics,
@@ -330,7 +330,7 @@ async fn broker_stopped_gives_503_with_retry_after_and_claims_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_and_stops_accepting() {
     let topics = topics();
-    let broker = MockBroker::with_topics(1, &topics);
+    let broker = TestKafka::with_topics(1, &topics);
     let app = spawn_app(&broker, &topics, IngestConfig::default()).await;
     let (status, _, _) = app
         .post("application/json", event("acc-1", 1.0).to_string())

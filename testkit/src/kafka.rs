@@ -1,51 +1,251 @@
-//! A real Kafka-protocol broker for tests (librdkafka's mock cluster on real TCP ports, owned by
-//! a thread of the test process) and helpers to read back what a test produced.
+//! Apache Kafka for tests: the run's shared broker (started by `scripts/test` through
+//! `scripts/kafka`), or a private broker a test may stop, pause and resume; topics created with
+//! random names through the admin API, so tests run in parallel; and helpers to read back what a
+//! test produced.
+//!
+//! The shared broker is found, in order: `RISKSTREAM_TEST_KAFKA_BOOTSTRAP`; the broker a
+//! developer started with `scripts/kafka start` (its `target/kafka/bootstrap`); else one broker
+//! started for this test binary (stopped by a watchdog when the test process is gone).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use riskstream_common::broker::EmbeddedBroker;
 use riskstream_common::kafka::{KafkaConfig, Topics};
+use riskstream_common::topics::{Provision, TopicRole, TopicSpec, create_topics};
 
-/// A running test broker; dropping it stops the broker.
-pub struct MockBroker {
-    pub bootstrap: String,
-    inner: Option<EmbeddedBroker>,
+/// Environment variable naming the shared broker (`host:port`).
+pub const BOOTSTRAP_ENV: &str = "RISKSTREAM_TEST_KAFKA_BOOTSTRAP";
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .to_path_buf()
 }
 
-impl MockBroker {
-    /// Starts a broker and creates `topics` with `partitions` partitions each.
-    pub fn start(partitions: i32, topics: &[&str]) -> MockBroker {
-        let inner = EmbeddedBroker::with_topics(partitions, topics.iter().copied())
-            .unwrap_or_else(|e| panic!("mock kafka broker failed to start: {e}"));
-        MockBroker {
-            bootstrap: inner.bootstrap().to_string(),
-            inner: Some(inner),
-        }
+/// A Kafka broker process started through `scripts/kafka` in a state dir of its own.
+pub struct KafkaProcess {
+    bootstrap: String,
+    state: tempfile::TempDir,
+    watchdog: Mutex<Option<Child>>,
+}
+
+impl KafkaProcess {
+    /// Starts a new broker on free ports (a few seconds) and waits until it answers metadata.
+    pub fn start() -> KafkaProcess {
+        let state = tempfile::Builder::new()
+            .prefix("riskstream-kafka-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        let bootstrap = run_script("start", state.path(), None);
+        let p = KafkaProcess {
+            bootstrap,
+            state,
+            watchdog: Mutex::new(None),
+        };
+        p.arm_watchdog();
+        p
     }
 
-    /// Starts a broker with every topic of `topics` created.
-    pub fn with_topics(partitions: i32, topics: &Topics) -> MockBroker {
+    /// The watchdog stops the broker once the test process is gone (a panic, a kill).
+    fn arm_watchdog(&self) {
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
+             RISKSTREAM_KAFKA_STATE={state} {kafka} stop >/dev/null 2>&1",
+            parent = std::process::id(),
+            state = self.state.path().display(),
+            kafka = repo_root().join("scripts/kafka").display(),
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
+        *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.state.path().join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL) and removes its data.
+    pub fn stop(&self) {
+        run_script("stop", self.state.path(), None);
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
+impl Drop for KafkaProcess {
+    fn drop(&mut self) {
+        self.resume();
+        self.stop();
+        if let Some(mut w) = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+/// Runs `scripts/kafka CMD` for the instance in `state`; returns the bootstrap it printed.
+fn run_script(cmd: &str, state: &Path, port: Option<u16>) -> String {
+    let mut c = Command::new(repo_root().join("scripts/kafka"));
+    c.arg(cmd)
+        .env("RISKSTREAM_KAFKA_STATE", state)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(p) = port {
+        c.env("RISKSTREAM_KAFKA_PORT", p.to_string());
+    }
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/kafka {cmd}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "scripts/kafka {cmd} failed ({}); Apache Kafka is needed by this test (Java 17+ and Maven)",
+            out.status
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("bootstrap="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The bootstrap of the run's shared broker.
+pub fn shared_bootstrap() -> &'static str {
+    static SHARED: OnceLock<(String, Option<KafkaProcess>)> = OnceLock::new();
+    &SHARED
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var(BOOTSTRAP_ENV)
+                && !b.trim().is_empty()
+            {
+                return (b.trim().to_string(), None);
+            }
+            let dev = repo_root().join("target/kafka");
+            if let Ok(b) = std::fs::read_to_string(dev.join("bootstrap"))
+                && let Some(pid) = std::fs::read_to_string(dev.join("pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+                && Path::new(&format!("/proc/{pid}")).exists()
+            {
+                return (b.trim().to_string(), None);
+            }
+            let p = KafkaProcess::start();
+            (p.bootstrap().to_string(), Some(p))
+        })
+        .0
+}
+
+/// A test's view of Kafka: the shared broker (or a private one) with the test's own topics.
+pub struct TestKafka {
+    pub bootstrap: String,
+    private: Option<KafkaProcess>,
+}
+
+impl TestKafka {
+    /// The shared broker, with `topics` created (`partitions` each).
+    pub fn start(partitions: i32, topics: &[&str]) -> TestKafka {
+        let t = TestKafka {
+            bootstrap: shared_bootstrap().to_string(),
+            private: None,
+        };
+        t.create_topics(partitions, topics);
+        t
+    }
+
+    /// The shared broker with every topic of `topics` created.
+    pub fn with_topics(partitions: i32, topics: &Topics) -> TestKafka {
         Self::start(partitions, &topics.all())
     }
 
-    pub fn create_topic(&self, name: &str, partitions: i32) {
-        if let Some(b) = &self.inner {
-            b.create_topic(name, partitions)
-                .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
-        }
+    /// A broker of this test's own (it may stop or pause it), with every topic of `topics`.
+    pub fn private_with_topics(partitions: i32, topics: &Topics) -> TestKafka {
+        let p = KafkaProcess::start();
+        let t = TestKafka {
+            bootstrap: p.bootstrap().to_string(),
+            private: Some(p),
+        };
+        t.create_topics(partitions, &topics.all());
+        t
     }
 
-    /// Kafka settings for tests: small fetch waits and fast rebalances.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        self.create_topics(partitions, &[name]);
+    }
+
+    /// Creates `names` through the admin API (as `riskstream topics create` does) and waits
+    /// until every partition has a leader.
+    pub fn create_topics(&self, partitions: i32, names: &[&str]) {
+        let kafka = KafkaConfig {
+            brokers: self.bootstrap.clone(),
+            ..KafkaConfig::default()
+        };
+        let provision = Provision {
+            partitions,
+            replication_factor: 1,
+            ..Provision::default()
+        };
+        let specs: Vec<TopicSpec> = names
+            .iter()
+            .map(|n| TopicSpec::for_role(n, TopicRole::Data, &provision))
+            .collect();
+        let k = kafka.clone();
+        std::thread::spawn(move || {
+            futures::executor::block_on(create_topics(&k, &specs, ADMIN_TIMEOUT))
+        })
+        .join()
+        .expect("topic creation thread")
+        .unwrap_or_else(|e| panic!("creating test topics on {}: {e}", self.bootstrap));
+        wait_for_leaders(&kafka, names, partitions);
+    }
+
+    /// Kafka settings for tests: the shipped defaults, with a short delivery timeout and the
+    /// fastest session timeout Kafka accepts (`group.min.session.timeout.ms`, 6 s).
     pub fn kafka_config(&self, topics: &Topics) -> KafkaConfig {
         let mut k = KafkaConfig {
             brokers: self.bootstrap.clone(),
             topics: topics.clone(),
-            fetch_wait_max: Duration::from_millis(5),
-            session_timeout: Duration::from_millis(3000),
+            session_timeout: Duration::from_millis(6000),
             heartbeat_interval: Duration::from_millis(500),
             message_timeout: Duration::from_secs(5),
             ..KafkaConfig::default()
@@ -54,10 +254,43 @@ impl MockBroker {
         k
     }
 
-    /// Stops the broker (listeners close; clients see it as down).
+    /// The private broker (panics for the shared one: a test never stops the shared broker).
+    pub fn process(&self) -> &KafkaProcess {
+        self.private
+            .as_ref()
+            .expect("only a private broker (TestKafka::private_with_topics) can be controlled")
+    }
+
+    /// Stops the private broker (clients see it as down).
     pub fn stop(&mut self) {
-        if let Some(b) = self.inner.take() {
-            b.stop();
+        self.process().stop();
+    }
+}
+
+fn wait_for_leaders(kafka: &KafkaConfig, names: &[&str], partitions: i32) {
+    let client: BaseConsumer = kafka.client_config().create().expect("metadata client");
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    for name in names {
+        loop {
+            let ready = client
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    md.topics().first().map(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() as i32 == partitions
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topic {name} has no leaders after {ADMIN_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use riskstream_common::kafka::Topics;
 use riskstream_testkit::clickhouse::ClickHouseServer;
-use riskstream_testkit::kafka::MockBroker;
+use riskstream_testkit::kafka::TestKafka;
 use riskstream_trace_collector::ClickHouseConfig;
 use riskstream_trace_collector::bench::{BenchOptions, bench};
 
@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let server = ClickHouseServer::start_private();
     let topics = Topics::default();
-    let broker = MockBroker::start(4, &[]);
+    let broker = TestKafka::start(4, &[]);
     // The mock broker keeps ~5 MB per partition: enough partitions to hold the whole run.
     let topic = format!("bench.otlp_spans.{}", std::process::id());
     broker.create_topic(&topic, i32::try_from(env_or("BENCH_PARTITIONS", 128))?);

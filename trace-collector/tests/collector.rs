@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use riskstream_common::kafka::{Topics, header};
 use riskstream_common::{Decision, Outcome};
 use riskstream_testkit::clickhouse::{ClickHouseServer, server};
-use riskstream_testkit::kafka::{MockBroker, read_records};
+use riskstream_testkit::kafka::{TestKafka, read_records};
 use riskstream_testkit::unique;
 use riskstream_trace_collector::schema::{self, DecisionRow, SpanRow, table};
 use riskstream_trace_collector::{App, ClickHouseConfig, CollectorSection, Config};
@@ -87,7 +87,7 @@ fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
 }
 
 struct Harness {
-    broker: MockBroker,
+    broker: TestKafka,
     topics: Topics,
     config: Config,
     http: SocketAddr,
@@ -96,7 +96,7 @@ struct Harness {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn config(broker: &MockBroker, topics: &Topics, url: &str) -> Config {
+fn config(broker: &TestKafka, topics: &Topics, url: &str) -> Config {
     Config {
         kafka: broker.kafka_config(topics),
         clickhouse: ClickHouseConfig {
@@ -121,7 +121,7 @@ fn config(broker: &MockBroker, topics: &Topics, url: &str) -> Config {
 impl Harness {
     async fn start_with(url: &str, tweak: impl FnOnce(&mut Config)) -> Harness {
         let topics = Topics::with_suffix(&unique("s"));
-        let broker = MockBroker::with_topics(2, &topics);
+        let broker = TestKafka::with_topics(2, &topics);
         let mut config = config(&broker, &topics, url);
         tweak(&mut config);
         let stop = CancellationToken::new();
@@ -681,7 +681,7 @@ async fn clickhouse_stopped_mid_stream_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn the_bench_stores_every_generated_span_and_measures_lookups() {
     let topics = Topics::with_suffix(&unique("b"));
-    let broker = MockBroker::with_topics(2, &topics);
+    let broker = TestKafka::with_topics(2, &topics);
     let options = riskstream_trace_collector::bench::BenchOptions {
         kafka: broker.kafka_config(&topics),
         clickhouse: ClickHouseConfig {
