@@ -39,6 +39,18 @@ pub enum BrokerError {
 }
 
 impl EmbeddedBroker {
+    /// Client settings for this broker, from the shipped ones: the mock's workarounds live here
+    /// and only here. It does not wake a waiting fetch when data arrives (every consume hop
+    /// waits up to `fetch.wait.max.ms`), and its rebalances wait a full session timeout.
+    pub fn client_settings(kafka: crate::kafka::KafkaConfig) -> crate::kafka::KafkaConfig {
+        crate::kafka::KafkaConfig {
+            fetch_wait_max: std::time::Duration::from_millis(5),
+            session_timeout: std::time::Duration::from_secs(3),
+            heartbeat_interval: std::time::Duration::from_millis(500),
+            ..kafka
+        }
+    }
+
     /// Starts a one-broker mock cluster on a free port.
     pub fn start() -> Result<Self, BrokerError> {
         let (tx, rx) = mpsc::channel::<Command>();

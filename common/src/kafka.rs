@@ -128,8 +128,9 @@ pub struct KafkaConfig {
     /// How long the producer waits to batch records (`linger.ms`).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Longest time a fetch waits for data (`fetch.wait.max.ms`). Real Kafka answers as soon as
-    /// data arrives; the embedded mock broker does not, so keep it small there.
+    /// Longest time a fetch waits for data (`fetch.wait.max.ms`). Kafka answers a fetch as soon
+    /// as data arrives, so this bounds only idle polling, not latency; the embedded mock broker
+    /// does not, which is why the demo sets it to a few milliseconds there.
     #[serde(with = "humantime_serde")]
     pub fetch_wait_max: Duration,
     #[serde(with = "humantime_serde")]
@@ -152,7 +153,7 @@ impl Default for KafkaConfig {
             client_id: "riskstream".into(),
             message_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(2),
-            fetch_wait_max: Duration::from_millis(10),
+            fetch_wait_max: Duration::from_millis(100),
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             compression: "lz4".into(),
@@ -174,6 +175,8 @@ impl KafkaConfig {
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id)
             .set("socket.keepalive.enable", "true")
+            // Small records must not wait for Nagle's algorithm (a decision is one record).
+            .set("socket.nagle.disable", "true")
             .set("log_level", "4");
         c
     }

@@ -166,7 +166,9 @@ pub enum TopicError {
 pub enum Created {
     Created,
     /// It existed already; left as it is (its partition count is reported).
-    Existed { partitions: i32 },
+    Existed {
+        partitions: i32,
+    },
 }
 
 /// Creates every topic of `specs` that does not exist; existing topics are left alone.

@@ -80,23 +80,12 @@ async fn collector(a: CollectorBench) -> anyhow::Result<()> {
     use riskstream_trace_collector::bench::{BenchOptions, bench};
     let topics = Topics::default();
     let topic = format!("bench.otlp_spans.{}", std::process::id());
-    let embedded;
-    let brokers = match &a.brokers {
-        Some(b) => b.clone(),
-        None => {
-            // The mock keeps ~5 MB per partition: enough partitions to hold the whole run.
-            embedded =
-                EmbeddedBroker::with_topics(128, [topic.as_str()]).context("embedded broker")?;
-            embedded.bootstrap().to_string()
-        }
-    };
+    // The mock keeps ~5 MB per partition: enough partitions to hold the whole run.
+    let partitions = if a.brokers.is_some() { 6 } else { 128 };
+    let broker = BenchBroker::new(a.brokers.as_deref(), partitions, &[topic.as_str()]).await?;
+    println!("bench collector on {}", broker.describe());
     let options = BenchOptions {
-        kafka: KafkaConfig {
-            brokers,
-            topics,
-            fetch_wait_max: Duration::from_millis(5),
-            ..KafkaConfig::default()
-        },
+        kafka: broker.kafka(&topics, None),
         clickhouse: riskstream_trace_collector::ClickHouseConfig {
             url: a.clickhouse_url.clone(),
             database: "bench".into(),
@@ -122,6 +111,90 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         Which::Ingest(a) => ingest(a).await.map_err(Failure::Runtime),
         Which::Decide(a) => crate::bench_decide::run(a).await.map_err(Failure::Runtime),
         Which::Worker(a) => crate::bench_worker::run(a).await.map_err(Failure::Runtime),
+    }
+}
+
+/// The broker a benchmark runs on: Apache Kafka at `--brokers` (the run's topics created through
+/// the admin API), or an embedded mock broker in this process. The raw ceiling and the measured
+/// paths always share it.
+pub(crate) struct BenchBroker {
+    pub(crate) bootstrap: String,
+    mock: Option<EmbeddedBroker>,
+}
+
+impl BenchBroker {
+    pub(crate) async fn new(
+        brokers: Option<&str>,
+        partitions: i32,
+        topics: &[&str],
+    ) -> anyhow::Result<Self> {
+        match brokers {
+            Some(b) => {
+                let kafka = KafkaConfig {
+                    brokers: b.to_string(),
+                    ..KafkaConfig::default()
+                };
+                let provision = riskstream_common::topics::Provision {
+                    partitions,
+                    ..Default::default()
+                };
+                let specs: Vec<_> = topics
+                    .iter()
+                    .map(|t| {
+                        riskstream_common::topics::TopicSpec::for_role(
+                            t,
+                            riskstream_common::topics::TopicRole::Internal,
+                            &provision,
+                        )
+                    })
+                    .collect();
+                riskstream_common::topics::create_topics(&kafka, &specs, Duration::from_secs(30))
+                    .await
+                    .with_context(|| format!("creating the bench topics on {b}"))?;
+                Ok(Self {
+                    bootstrap: b.to_string(),
+                    mock: None,
+                })
+            }
+            None => {
+                let mock = EmbeddedBroker::with_topics(partitions, topics.iter().copied())
+                    .context("embedded broker")?;
+                Ok(Self {
+                    bootstrap: mock.bootstrap().to_string(),
+                    mock: Some(mock),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn is_mock(&self) -> bool {
+        self.mock.is_some()
+    }
+
+    /// `kafka at HOST:PORT` or `embedded mock at HOST:PORT`.
+    pub(crate) fn describe(&self) -> String {
+        if self.is_mock() {
+            format!("embedded mock broker at {}", self.bootstrap)
+        } else {
+            format!("kafka at {}", self.bootstrap)
+        }
+    }
+
+    /// Client settings for this broker: the shipped defaults, with the mock's workarounds
+    /// ([`EmbeddedBroker::client_settings`]) on the mock; `fetch_wait_ms` overrides either.
+    pub(crate) fn kafka(&self, topics: &Topics, fetch_wait_ms: Option<u64>) -> KafkaConfig {
+        let mut k = KafkaConfig {
+            brokers: self.bootstrap.clone(),
+            topics: topics.clone(),
+            ..KafkaConfig::default()
+        };
+        if self.is_mock() {
+            k = EmbeddedBroker::client_settings(k);
+        }
+        if let Some(ms) = fetch_wait_ms {
+            k.fetch_wait_max = Duration::from_millis(ms.max(1));
+        }
+        k
     }
 }
 
@@ -168,23 +241,14 @@ pub(crate) fn print_phases(title: &str, ceiling: &Phase, phases: &[Phase]) {
 async fn ingest(a: IngestBench) -> anyhow::Result<()> {
     let suffix = uuid_suffix();
     let topics = Topics::with_suffix(&suffix);
-    let embedded;
-    let brokers = match &a.brokers {
-        Some(b) => b.clone(),
-        None => {
-            embedded = EmbeddedBroker::with_topics(a.partitions, topics.all())
-                .context("embedded broker")?;
-            embedded.bootstrap().to_string()
-        }
-    };
-    let kafka = KafkaConfig {
-        brokers,
-        topics: topics.clone(),
-        ..KafkaConfig::default()
-    };
+    let broker = BenchBroker::new(a.brokers.as_deref(), a.partitions, &topics.all()).await?;
+    let kafka = broker.kafka(&topics, None);
     println!(
-        "bench ingest: {} events per phase, {} http clients, {} partitions, brokers {}",
-        a.events, a.concurrency, a.partitions, kafka.brokers
+        "bench ingest: {} events per phase, {} http clients, {} partitions, {}",
+        a.events,
+        a.concurrency,
+        a.partitions,
+        broker.describe()
     );
     let events: Vec<Vec<u8>> = Generator::new(GeneratorConfig {
         start_time_ms: riskstream_common::now_ms() - 3_600_000,

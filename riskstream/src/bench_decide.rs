@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench::BenchBroker;
 use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -17,7 +18,6 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use riskstream_common::broker::EmbeddedBroker;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::shutdown::CancellationToken;
@@ -32,6 +32,9 @@ const HOP2_PREFIX: &str = "bench.hop2";
 
 #[derive(Debug, Args)]
 pub struct DecideBench {
+    /// Kafka bootstrap servers (default: an embedded mock broker in this process).
+    #[arg(long)]
+    pub brokers: Option<String>,
     /// Request rates to run, requests per second, in order.
     #[arg(long, value_delimiter = ',', default_values_t = [1_000u64, 5_000, 20_000])]
     pub rates: Vec<u64>,
@@ -41,10 +44,11 @@ pub struct DecideBench {
     /// Partitions of every topic.
     #[arg(long, default_value_t = 2)]
     pub partitions: i32,
-    /// `fetch.wait.max.ms` of every consumer (the embedded broker does not wake a waiting
-    /// fetch when data arrives, so this bounds each consume hop).
-    #[arg(long, default_value_t = 10)]
-    pub fetch_wait_max_ms: u64,
+    /// `fetch.wait.max.ms` of every consumer (default: the shipped setting on Kafka, which
+    /// answers a fetch as soon as data arrives; the mock's on the mock, which does not, so
+    /// there it bounds each consume hop).
+    #[arg(long)]
+    pub fetch_wait_max_ms: Option<u64>,
     /// `linger.ms` of every producer.
     #[arg(long, default_value_t = 2)]
     pub linger_ms: u64,
@@ -157,21 +161,22 @@ pub async fn run(a: DecideBench) -> anyhow::Result<()> {
     let hop2 = format!("{HOP2_PREFIX}-{suffix}");
     let mut all: Vec<&str> = topics.all();
     all.extend([hop1.as_str(), hop2.as_str()]);
-    let broker = EmbeddedBroker::with_topics(a.partitions, all).context("embedded broker")?;
+    let broker = BenchBroker::new(a.brokers.as_deref(), a.partitions, &all).await?;
     let kafka = KafkaConfig {
-        brokers: broker.bootstrap().to_string(),
-        topics: topics.clone(),
-        fetch_wait_max: Duration::from_millis(a.fetch_wait_max_ms),
         linger: Duration::from_millis(a.linger_ms),
-        ..KafkaConfig::default()
+        ..broker.kafka(&topics, a.fetch_wait_max_ms)
     };
+    let fetch_wait_max_ms = kafka.fetch_wait_max.as_millis() as u64;
     println!(
-        "bench decide: rates {:?}/s, {} s each, {} partitions, embedded broker {}",
-        a.rates, a.duration_secs, a.partitions, kafka.brokers
+        "bench decide: rates {:?}/s, {} s each, {} partitions, {}",
+        a.rates,
+        a.duration_secs,
+        a.partitions,
+        broker.describe()
     );
     println!(
         "client settings (both paths): fetch.wait.max.ms={} linger.ms={} compression={} acks=all idempotent; worker out_of_orderness={} ms idle_timeout={} ms; request deadline {} ms",
-        a.fetch_wait_max_ms,
+        fetch_wait_max_ms,
         a.linger_ms,
         kafka.compression,
         a.out_of_orderness_ms,
@@ -230,7 +235,7 @@ pub async fn run(a: DecideBench) -> anyhow::Result<()> {
         // Let the pipeline drain before the next rate.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    print_runs(&runs, a.fetch_wait_max_ms);
+    print_runs(&runs, fetch_wait_max_ms);
     println!(
         "scoring core alone (criterion, docs/benchmarks.md \"Scoring core\"): ~12 µs per decide on one core"
     );

@@ -20,16 +20,18 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use riskstream_common::broker::EmbeddedBroker;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_feature_worker::{App, Config, WorkerConfig, WorkerMode};
 
-use crate::bench::{Phase, histogram, print_phases};
+use crate::bench::{BenchBroker, Phase, histogram, print_phases};
 
 #[derive(Debug, Args)]
 pub struct WorkerBench {
+    /// Kafka bootstrap servers (default: an embedded mock broker in this process).
+    #[arg(long)]
+    pub brokers: Option<String>,
     /// Events per phase (after a warm-up of 2,000).
     #[arg(long, default_value_t = 1_000_000)]
     pub events: usize,
@@ -47,9 +49,10 @@ pub struct WorkerBench {
     /// Producer `linger.ms` of every client (bigger batches: fewer fetches from the mock).
     #[arg(long, default_value_t = 2)]
     pub linger_ms: u64,
-    /// Consumer `fetch.wait.max.ms` (the mock waits this long on fetches).
-    #[arg(long, default_value_t = 5)]
-    pub fetch_wait_ms: u64,
+    /// Consumer `fetch.wait.max.ms` (default: the shipped setting on Kafka, the mock's on the
+    /// mock, which waits this long on every fetch).
+    #[arg(long)]
+    pub fetch_wait_ms: Option<u64>,
     /// Directory with features.toml, rules.toml, models/ and lists/lists.csv.
     #[arg(long, default_value = "config")]
     pub config_dir: PathBuf,
@@ -82,24 +85,22 @@ pub async fn run(a: WorkerBench) -> anyhow::Result<()> {
     for (_, t) in &mode_topics {
         all.extend(t.all().iter().map(|s| s.to_string()));
     }
-    let broker = EmbeddedBroker::with_topics(a.partitions, &all).context("embedded broker")?;
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let broker = BenchBroker::new(a.brokers.as_deref(), a.partitions, &all).await?;
     let base_kafka = KafkaConfig {
-        brokers: broker.bootstrap().to_string(),
-        fetch_wait_max: Duration::from_millis(a.fetch_wait_ms.max(1)),
         linger: Duration::from_millis(a.linger_ms),
-        session_timeout: Duration::from_millis(3000),
-        heartbeat_interval: Duration::from_millis(500),
-        ..KafkaConfig::default()
+        ..broker.kafka(&Topics::default(), a.fetch_wait_ms)
     };
     println!(
-        "bench worker: {} events per phase (+{WARM_UP_EVENTS} warm-up), {} partitions, {} worker(s), window {}, linger {} ms, fetch wait {} ms, brokers {} (embedded mock)",
+        "bench worker: {} events per phase (+{WARM_UP_EVENTS} warm-up), {} partitions, {} worker(s), window {}, linger {} ms, fetch wait {} ms, session timeout {:?}, {}",
         a.events,
         a.partitions,
         a.workers,
         a.window,
         a.linger_ms,
-        a.fetch_wait_ms,
-        broker.bootstrap()
+        base_kafka.fetch_wait_max.as_millis(),
+        base_kafka.session_timeout,
+        broker.describe()
     );
     let total = WARM_UP_EVENTS + a.events;
     let (inputs, ids) = generate(total);

@@ -39,6 +39,8 @@ pub enum Command {
     Config(ServiceArgs),
     /// End-to-end benchmarks.
     Bench(crate::bench::BenchArgs),
+    /// Provision the pipeline's topics on a Kafka cluster (admin API, idempotent).
+    Topics(crate::topics_cmd::TopicsArgs),
 }
 
 /// Flags every service takes.
@@ -196,6 +198,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Produce(a) => crate::produce::run(a).await,
         Command::Bench(a) => crate::bench::run(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
+        Command::Topics(a) => crate::topics_cmd::run(a).await,
         Command::Config(a) => {
             let cfg = load_config(&a, None)?;
             let text = toml::to_string_pretty(&cfg).map_err(|e| Failure::Runtime(e.into()))?;

@@ -10,6 +10,7 @@ mod cli;
 mod demo;
 mod produce;
 mod services;
+mod topics_cmd;
 
 use std::process::ExitCode;
 

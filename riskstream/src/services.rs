@@ -9,10 +9,35 @@ use crate::cli::{
     telemetry,
 };
 use riskstream_common::config::Value;
+use riskstream_common::kafka::KafkaConfig;
+use riskstream_common::topics::{Requirement, TopicError, check_topics};
+
+/// How long the start-up topic check waits for the cluster's metadata.
+const TOPIC_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Fails start-up, with every problem listed, when a topic the service uses is missing
+/// (`riskstream topics create` provisions them), as Kafka Streams refuses missing sources.
+async fn require_topics(kafka: &KafkaConfig, topics: &[&str]) -> Result<(), Failure> {
+    let kafka = kafka.clone();
+    let required: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let checked = tokio::task::spawn_blocking(move || {
+        let reqs: Vec<Requirement<'_>> = required.iter().map(|t| Requirement::exists(t)).collect();
+        check_topics(&kafka, &reqs, TOPIC_CHECK_TIMEOUT)
+    })
+    .await
+    .context("topic check task")?;
+    match checked {
+        Ok(()) => Ok(()),
+        Err(e @ TopicError::Check { .. }) => Err(Failure::Usage(vec![e.to_string()])),
+        Err(e) => Err(Failure::Runtime(anyhow::Error::new(e))),
+    }
+}
 
 pub async fn ingest(args: ServiceArgs) -> Result<(), Failure> {
     let cfg = load_config(&args, Some("ingest.listen"))?;
     let _telemetry = telemetry(&cfg, "riskstream-ingest");
+    let t = &cfg.kafka.topics;
+    require_topics(&cfg.kafka, &[&t.events, &t.decisions, &t.otlp_spans]).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let app = riskstream_ingest::App::build(
@@ -41,6 +66,20 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     if let Some(p) = args.models {
         cfg.worker.scoring.models_dir = p;
     }
+    let t = &cfg.kafka.topics;
+    let mut needed = vec![
+        t.events.as_str(),
+        &t.decisions,
+        &t.events_dlq,
+        &t.events_late,
+        &t.rules,
+        &t.lists,
+        &t.otlp_spans,
+    ];
+    if cfg.worker.mode == riskstream_feature_worker::WorkerMode::Keyed {
+        needed.extend([t.repartition.as_str(), &t.feature_results]);
+    }
+    require_topics(&cfg.kafka, &needed).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let app = riskstream_feature_worker::App::build(
@@ -78,6 +117,15 @@ pub async fn collector(args: CollectorArgs) -> Result<(), Failure> {
     let cfg = load_config_with(&args.ch.service, Some("collector.listen"), extra)?;
     // The collector does not trace its own writes: logging only.
     let _telemetry = crate::cli::logging_only(&cfg);
+    let t = &cfg.kafka.topics;
+    let mut needed = vec![t.spans_dlq.as_str()];
+    if cfg.collector.kafka_spans {
+        needed.push(&t.otlp_spans);
+    }
+    if cfg.collector.kafka_decisions {
+        needed.push(&t.decisions);
+    }
+    require_topics(&cfg.kafka, &needed).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let app = riskstream_trace_collector::App::build(

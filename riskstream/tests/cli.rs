@@ -1,34 +1,36 @@
-//! The `riskstream` binary as a user runs it: `broker` in its own process, `produce` and
-//! `ingest` talking to it over TCP, the printed addresses and the exit codes.
+//! The `riskstream` binary as a user runs it, against the run's Apache Kafka broker: `topics
+//! create` provisioning, `produce` and `ingest` as processes, the printed addresses and the exit
+//! codes; and `broker` (the embedded mock) on a chosen port.
+
+mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use riskstream_common::Event;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
-use riskstream_testkit::kafka::read_records;
-
-const BIN: &str = env!("CARGO_BIN_EXE_riskstream");
-
-/// A child process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use riskstream_common::topics::partition_counts;
+use riskstream_testkit::kafka::{TestKafka, read_records, shared_bootstrap};
+use support::{BIN, Proc, create_topics, topics_env};
 
 /// Starts `riskstream <args>` and waits for a `<key>=VALUE` line on stdout.
 fn spawn_and_read(args: &[&str], key: &str) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
+    spawn_with(args, &[], key)
+}
+
+fn spawn_with(args: &[&str], env: &[(String, String)], key: &str) -> (Proc, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn riskstream");
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn riskstream");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let prefix = format!("{key}=");
@@ -41,12 +43,92 @@ fn spawn_and_read(args: &[&str], key: &str) -> (Proc, String) {
             break v.to_string();
         }
     };
+    std::thread::spawn(move || for _ in lines {});
     (Proc(child), value)
 }
 
+fn test_topics() -> Topics {
+    Topics::with_suffix(&riskstream_testkit::unique("cli"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic() {
-    let (_broker, bootstrap) = spawn_and_read(&["broker", "--partitions", "3"], "bootstrap");
+async fn topics_create_provisions_every_topic_idempotently_and_services_refuse_missing_ones() {
+    let bootstrap = shared_bootstrap();
+    let topics = test_topics();
+    let first = create_topics(bootstrap, &topics, 3);
+    assert_eq!(
+        first.lines().filter(|l| l.starts_with("created ")).count(),
+        topics.all().len(),
+        "{first}"
+    );
+    // Idempotent: a second run creates nothing and reports what exists.
+    let second = create_topics(bootstrap, &topics, 3);
+    assert_eq!(
+        second.lines().filter(|l| l.starts_with("exists ")).count(),
+        topics.all().len(),
+        "{second}"
+    );
+    let kafka = KafkaConfig {
+        brokers: bootstrap.to_string(),
+        ..KafkaConfig::default()
+    };
+    let parts = partition_counts(&kafka, Duration::from_secs(10)).unwrap();
+    assert_eq!(parts[&topics.events], 3);
+    assert_eq!(parts[&topics.repartition], 3);
+    assert_eq!(
+        parts[&topics.events_dlq], 1,
+        "side outputs have one partition"
+    );
+    assert_eq!(
+        parts[&topics.rules], 1,
+        "control topics have one total order"
+    );
+    // Retention and cleanup policy as configured, read back from the broker.
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
+    let configs = admin
+        .describe_configs(
+            [
+                &ResourceSpecifier::Topic(&topics.events),
+                &ResourceSpecifier::Topic(&topics.rules),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let value = |i: usize, key: &str| -> String {
+        let r = configs[i].as_ref().expect("describe configs");
+        r.get(key)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("no {key}"))
+    };
+    assert_eq!(
+        value(0, "retention.ms"),
+        (7u64 * 24 * 3600 * 1000).to_string()
+    );
+    assert_eq!(value(0, "cleanup.policy"), "delete");
+    assert_eq!(value(1, "retention.ms"), "-1", "rules are kept forever");
+
+    // A service whose topics do not exist refuses to start, naming them (exit code 2).
+    let missing = Topics::with_suffix(&riskstream_testkit::unique("missing"));
+    let out = Command::new(BIN)
+        .args(["ingest", "--brokers", bootstrap, "--listen", "127.0.0.1:0"])
+        .envs(topics_env(&missing))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("topic `{}` does not exist", missing.events))
+            && stderr.contains("riskstream topics create"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_round_trip_through_kafka_is_exact_and_deterministic() {
+    let bootstrap = shared_bootstrap().to_string();
+    let topics = test_topics();
+    create_topics(&bootstrap, &topics, 3);
     let start = "2026-03-01T12:00:00Z";
     let n = 3000;
     let out = Command::new(BIN)
@@ -58,6 +140,8 @@ async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic(
             &n.to_string(),
             "--seed",
             "7",
+            "--topic",
+            &topics.events,
         ])
         .args(["--start-time", start, "--quiet"])
         .output()
@@ -72,17 +156,10 @@ async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic(
 
     let kafka = KafkaConfig {
         brokers: bootstrap.clone(),
-        fetch_wait_max: Duration::from_millis(5),
         ..KafkaConfig::default()
     };
     // Ask for one more than was sent: exactly n come back.
-    let records = read_records(
-        &kafka,
-        &Topics::default().events,
-        n + 1,
-        Duration::from_secs(15),
-    )
-    .await;
+    let records = read_records(&kafka, &topics.events, n + 1, Duration::from_secs(15)).await;
     assert_eq!(records.len(), n);
     let mut got: Vec<Event> = records
         .iter()
@@ -109,10 +186,9 @@ async fn produce_round_trip_through_a_broker_process_is_exact_and_deterministic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
-    let (_broker, bootstrap) = spawn_and_read(
-        &["broker", "--partitions", "2", "--topic", "filetopic"],
-        "bootstrap",
-    );
+    let filetopic = riskstream_testkit::unique("filetopic");
+    let broker = TestKafka::start(2, &[&filetopic]);
+    let bootstrap = broker.bootstrap.clone();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.ndjson");
     let now = riskstream_common::now_ms();
@@ -129,7 +205,7 @@ async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
             "--brokers",
             &bootstrap,
             "--topic",
-            "filetopic",
+            &filetopic,
             "--quiet",
             "--file",
         ])
@@ -155,7 +231,7 @@ async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
         brokers: bootstrap,
         ..KafkaConfig::default()
     };
-    let records = read_records(&kafka, "filetopic", 3, Duration::from_secs(8)).await;
+    let records = read_records(&kafka, &filetopic, 3, Duration::from_secs(8)).await;
     let keys: Vec<&str> = records.iter().filter_map(|r| r.key_str()).collect();
     assert_eq!(records.len(), 2);
     assert!(keys.contains(&"a1") && keys.contains(&"a3"));
@@ -163,9 +239,17 @@ async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_process_prints_its_address_and_serves() {
-    let (_broker, bootstrap) = spawn_and_read(&["broker", "--partitions", "2"], "bootstrap");
-    let (_ingest, addr) = spawn_and_read(
-        &["ingest", "--brokers", &bootstrap, "--listen", "127.0.0.1:0"],
+    let topics = test_topics();
+    let broker = TestKafka::with_topics(2, &topics);
+    let (_ingest, addr) = spawn_with(
+        &[
+            "ingest",
+            "--brokers",
+            &broker.bootstrap,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &topics_env(&topics),
         "listening",
     );
     let http = reqwest::Client::new();
@@ -279,7 +363,8 @@ fn example_config_is_valid_and_shows_the_defaults() {
 
 /// `broker --port P` answers on P (forwarding to the mock cluster's own listener).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_on_a_chosen_port_serves_produce_and_fetch() {
+/// The embedded mock broker (the demo's and `riskstream broker`'s) still serves the pipeline.
+async fn mock_broker_on_a_chosen_port_serves_produce_and_fetch() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -1,68 +1,34 @@
-//! The whole pipeline as separate processes (broker, ingest, worker, collector, api) against a
-//! real ClickHouse: one event posted to ingest is one trace, with spans from ingest and the
+//! The whole pipeline as separate processes (ingest, worker, collector, api) on the run's Apache
+//! Kafka broker and ClickHouse server: one event posted to ingest is one trace, with spans from ingest and the
 //! worker linked parent to child, readable by Trace ID from the Jaeger-compatible api; its
 //! decision is stored and readable by event id with the same trace id.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
+use riskstream_common::kafka::Topics;
+use riskstream_testkit::kafka::shared_bootstrap;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_riskstream");
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// Starts `riskstream <args>` in the repo root with `env`, waits for `<key>=VALUE` on stdout.
-fn spawn(args: &[&str], env: &[(&str, String)], key: &str) -> (Proc, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(repo())
-        .env("RISKSTREAM__KAFKA__FETCH_WAIT_MAX", "5ms")
-        .env("RISKSTREAM__KAFKA__SESSION_TIMEOUT", "3s")
-        .env("RISKSTREAM__KAFKA__HEARTBEAT_INTERVAL", "500ms")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn riskstream");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let prefix = format!("{key}=");
-    let value = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("riskstream {args:?} exited before printing {key}="))
-            .expect("stdout");
-        if let Some(v) = line.strip_prefix(&prefix) {
-            break v.to_string();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), value)
-}
+use support::{create_topics, spawn, topics_env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_is_one_trace_across_ingest_and_worker_and_its_decision_is_stored() {
     let ch = riskstream_testkit::clickhouse::server();
     let db = riskstream_testkit::unique("e2e");
-    let env = vec![("RISKSTREAM__CLICKHOUSE__DATABASE", db.clone())];
-
-    let (_broker, bootstrap) = spawn(&["broker", "--partitions", "2"], &[], "bootstrap");
-    let b = bootstrap.as_str();
+    let topics = Topics::with_suffix(&riskstream_testkit::unique("e2e"));
+    let b = shared_bootstrap();
+    create_topics(b, &topics, 2);
+    let mut env = topics_env(&topics);
+    env.push(("RISKSTREAM__CLICKHOUSE__DATABASE".into(), db.clone()));
+    env.push((
+        "RISKSTREAM__WORKER__GROUP_ID".into(),
+        riskstream_testkit::unique("g"),
+    ));
+    env.push((
+        "RISKSTREAM__COLLECTOR__GROUP_ID".into(),
+        riskstream_testkit::unique("c"),
+    ));
     let (_collector, _) = spawn(
         &[
             "collector",

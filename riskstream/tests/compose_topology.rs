@@ -1,0 +1,378 @@
+//! What docker-compose.yml runs, as processes, on the run's Apache Kafka broker and ClickHouse
+//! server: every riskstream service of the compose file with the compose file's own command,
+//! environment and replica count (hosts and ports mapped to this machine, topics, groups and
+//! the database made unique to this test). Generated traffic goes through ingest over HTTP;
+//! every event is decided exactly once in ClickHouse's decisions table, both worker replicas
+//! share the work in one consumer group, and a trace read from the api holds spans from
+//! ingest, the worker and the decision.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use riskstream_common::generator::{Generator, GeneratorConfig};
+use riskstream_common::kafka::Topics;
+use riskstream_testkit::kafka::shared_bootstrap;
+use serde_json::Value;
+use serde_yaml_ng::Value as Yaml;
+use support::{Proc, command, repo, spawn, topics_env};
+
+const EVENTS: usize = 1500;
+const BATCH: usize = 100;
+
+/// One riskstream service of the compose file.
+#[derive(Debug)]
+struct Service {
+    name: String,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    replicas: usize,
+}
+
+fn yaml_str(v: &Yaml) -> String {
+    match v {
+        Yaml::String(s) => s.clone(),
+        Yaml::Number(n) => n.to_string(),
+        Yaml::Bool(b) => b.to_string(),
+        other => panic!("unexpected compose value {other:?}"),
+    }
+}
+
+/// The services built from this repository's image (the compose file's `x-riskstream`
+/// anchor), profiles excluded, with merge keys applied.
+fn compose_services() -> Vec<Service> {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let mut doc: Yaml = serde_yaml_ng::from_str(&text).expect("docker-compose.yml is YAML");
+    doc.apply_merge().expect("merge keys");
+    let services = doc["services"].as_mapping().expect("services");
+    let mut out = Vec::new();
+    for (name, s) in services {
+        let ours = s.get("build").is_some()
+            || s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("riskstream"));
+        if !ours || s.get("profiles").is_some() {
+            continue;
+        }
+        let command: Vec<String> = match &s["command"] {
+            Yaml::Sequence(seq) => seq.iter().map(yaml_str).collect(),
+            Yaml::String(line) => line.split_whitespace().map(String::from).collect(),
+            other => panic!("service {name:?}: no command ({other:?})"),
+        };
+        let env = match s.get("environment") {
+            Some(Yaml::Mapping(m)) => m.iter().map(|(k, v)| (yaml_str(k), yaml_str(v))).collect(),
+            Some(Yaml::Sequence(seq)) => seq
+                .iter()
+                .map(|kv| {
+                    let kv = yaml_str(kv);
+                    let (k, v) = kv.split_once('=').unwrap_or((&kv, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let replicas = s["deploy"]["replicas"].as_u64().unwrap_or(1) as usize;
+        out.push(Service {
+            name: yaml_str(name),
+            command,
+            env,
+            replicas,
+        });
+    }
+    out
+}
+
+/// Rewrites compose addresses to this machine's: `0.0.0.0:P` listeners become `127.0.0.1:0`,
+/// and `host:port` of a compose service becomes the address that service printed.
+fn localize(value: &str, hosts: &HashMap<String, String>) -> String {
+    if let Some(port) = value.strip_prefix("0.0.0.0:") {
+        assert!(port.parse::<u16>().is_ok(), "listener {value}");
+        return "127.0.0.1:0".into();
+    }
+    let mut v = value.to_string();
+    for (from, to) in hosts {
+        v = v.replace(from.as_str(), to);
+    }
+    v
+}
+
+/// The decisions counter of a worker's `/metrics`, summed over outcomes.
+async fn decided(http: &reqwest::Client, admin: &str) -> f64 {
+    let text = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("riskstream_worker_decisions_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until every consumer group named `prefix*` is Stable with `members` members.
+fn wait_for_stable_groups(prefix: &str, members: usize) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = riskstream_common::kafka::KafkaConfig {
+        brokers: shared_bootstrap().to_string(),
+        ..Default::default()
+    };
+    let client: BaseConsumer = kafka.client_config().create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let groups = client
+            .fetch_group_list(None, Duration::from_secs(5))
+            .map(|l| {
+                l.groups()
+                    .iter()
+                    .filter(|g| g.name().starts_with(prefix))
+                    .map(|g| {
+                        (
+                            g.name().to_string(),
+                            g.state().to_string(),
+                            g.members().len(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !groups.is_empty()
+            && groups
+                .iter()
+                .all(|(_, state, n)| state == "Stable" && *n == members)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker groups not stable with {members} members: {groups:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with_its_trace() {
+    let services = compose_services();
+    let by_cmd = |c: &str| -> Vec<&Service> {
+        services
+            .iter()
+            .filter(|s| s.command.first().map(String::as_str) == Some(c))
+            .collect()
+    };
+    for needed in ["topics", "ingest", "worker", "collector", "api"] {
+        assert_eq!(
+            by_cmd(needed).len(),
+            1,
+            "docker-compose.yml has one `{needed}` service: {services:?}"
+        );
+    }
+    assert!(
+        by_cmd("worker")[0].replicas >= 2,
+        "the compose file runs at least 2 workers"
+    );
+    for s in &services {
+        let c = s.command[0].as_str();
+        assert!(
+            ["topics", "ingest", "worker", "collector", "api"].contains(&c),
+            "service {} runs `{c}`, which this test does not know how to run",
+            s.name
+        );
+    }
+
+    let ch = riskstream_testkit::clickhouse::server();
+    let db = riskstream_testkit::unique("compose");
+    let topics = Topics::with_suffix(&riskstream_testkit::unique("compose"));
+    let mut hosts: HashMap<String, String> = HashMap::new();
+    hosts.insert("kafka:9092".into(), shared_bootstrap().to_string());
+    let ch_hostport = ch.url().trim_start_matches("http://").to_string();
+    hosts.insert("clickhouse:8123".into(), ch_hostport);
+    let isolation: Vec<(String, String)> = topics_env(&topics)
+        .into_iter()
+        .chain([
+            ("RISKSTREAM__CLICKHOUSE__DATABASE".into(), db.clone()),
+            (
+                "RISKSTREAM__WORKER__GROUP_ID".into(),
+                riskstream_testkit::unique("workers"),
+            ),
+            (
+                "RISKSTREAM__COLLECTOR__GROUP_ID".into(),
+                riskstream_testkit::unique("collector"),
+            ),
+            // Text logs on the test's stderr; the rest as the compose file says.
+            ("RISKSTREAM__TELEMETRY__LOG_FORMAT".into(), "text".into()),
+            ("RISKSTREAM__TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+        ])
+        .collect();
+    let env_of = |s: &Service, hosts: &HashMap<String, String>| -> Vec<(String, String)> {
+        s.env
+            .iter()
+            .map(|(k, v)| (k.clone(), localize(v, hosts)))
+            .chain(isolation.iter().cloned())
+            .collect()
+    };
+    let args_of = |s: &Service, hosts: &HashMap<String, String>| -> Vec<String> {
+        s.command.iter().map(|a| localize(a, hosts)).collect()
+    };
+
+    // The init step, as compose runs it before every service.
+    let init = by_cmd("topics")[0];
+    let args = args_of(init, &hosts);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = command(&args, &env_of(init, &hosts)).output().unwrap();
+    assert!(
+        out.status.success(),
+        "init `{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Services in dependency order; each one's printed address replaces its compose address.
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut worker_admins = Vec::new();
+    let mut listen_of: BTreeMap<&str, String> = BTreeMap::new();
+    for cmd in ["collector", "api", "worker", "ingest"] {
+        let s = by_cmd(cmd)[0];
+        for _ in 0..s.replicas {
+            let args = args_of(s, &hosts);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (p, addr) = spawn(&args, &env_of(s, &hosts), "listening");
+            // `--listen 0.0.0.0:P` in compose: `service:P` now means the printed address.
+            if let Some(i) = s.command.iter().position(|a| a == "--listen")
+                && let Some(port) = s.command[i + 1].strip_prefix("0.0.0.0:")
+            {
+                hosts.insert(format!("{}:{port}", s.name), addr.clone());
+            }
+            if cmd == "worker" {
+                worker_admins.push(addr.clone());
+            }
+            listen_of.insert(cmd, addr);
+            procs.push(p);
+        }
+    }
+    // As in compose, traffic starts once the workers' consumer groups are stable (every
+    // replica a member of every stage's group), so no rebalance replays work mid-test.
+    let worker_group = isolation
+        .iter()
+        .find(|(k, _)| k == "RISKSTREAM__WORKER__GROUP_ID")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    wait_for_stable_groups(&worker_group, by_cmd("worker")[0].replicas);
+    let ingest = &listen_of["ingest"];
+    let api = &listen_of["api"];
+    let http = reqwest::Client::new();
+
+    // Generated traffic (fraud patterns included) through the HTTP front door.
+    let events: Vec<String> = Generator::new(GeneratorConfig {
+        seed: 11,
+        start_time_ms: riskstream_common::now_ms() - 600_000,
+        ..GeneratorConfig::default()
+    })
+    .take(EVENTS)
+    .map(|e| String::from_utf8(e.to_json_bytes()).unwrap())
+    .collect();
+    let mut ids = BTreeSet::new();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for (i, chunk) in events.chunks(BATCH).enumerate() {
+        let mut req = http
+            .post(format!("http://{ingest}/v1/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(chunk.join("\n"));
+        if i == 0 {
+            req = req.header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"));
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let body: Value = r.json().await.unwrap();
+        for res in body["results"].as_array().unwrap() {
+            assert_eq!(res["status"], "accepted", "{res}");
+            ids.insert(res["event_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(ids.len(), EVENTS);
+
+    // Every event decided, in ClickHouse, exactly once.
+    let table = format!("{db}.decisions");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let n: usize = ch
+            .query(&format!("SELECT count() FROM {table}"))
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if n >= EVENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {EVENTS} decisions stored"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Let anything duplicated arrive before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored: Vec<String> = ch
+        .query(&format!("SELECT event_id FROM {table}"))
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(stored.len(), EVENTS, "no duplicate decision rows");
+    let stored: BTreeSet<String> = stored.into_iter().collect();
+    assert_eq!(stored, ids, "every accepted event, and only those, decided");
+
+    // Both replicas of one group did part of the work.
+    for admin in &worker_admins {
+        let n = decided(&http, admin).await;
+        assert!(n > 0.0, "worker {admin} decided nothing");
+    }
+
+    // The first batch's trace: ingest, the worker and the decision, from the api.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = http
+            .get(format!("http://{api}/api/traces/{trace_id}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 200 {
+            let v: Value = r.json().await.unwrap();
+            let services: BTreeSet<String> = v["data"][0]["processes"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(|p| p["serviceName"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ops: BTreeSet<String> = v["data"][0]["spans"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|s| s["operationName"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if services.contains("riskstream-ingest")
+                && services.contains("riskstream-worker")
+                && ops.contains("riskstream.decision.produce")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace {trace_id} incomplete: services {services:?}, operations {ops:?}"
+            );
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "trace {trace_id} not found: {}",
+                r.status()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(procs);
+}

@@ -1,0 +1,114 @@
+//! Shared by the process-level tests: run `riskstream` subcommands as child processes (killed
+//! on drop), read the `key=value` lines they print, and point them at a test's own topics.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use riskstream_common::kafka::Topics;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_riskstream");
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        self.0.wait().expect("wait for child")
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// `RISKSTREAM__KAFKA__TOPICS__*` for every topic of `topics`.
+pub fn topics_env(topics: &Topics) -> Vec<(String, String)> {
+    let t = topics;
+    [
+        ("EVENTS", &t.events),
+        ("EVENTS_DLQ", &t.events_dlq),
+        ("EVENTS_LATE", &t.events_late),
+        ("DECISIONS", &t.decisions),
+        ("OTLP_SPANS", &t.otlp_spans),
+        ("SPANS_DLQ", &t.spans_dlq),
+        ("RULES", &t.rules),
+        ("LISTS", &t.lists),
+        ("REPARTITION", &t.repartition),
+        ("FEATURE_RESULTS", &t.feature_results),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("RISKSTREAM__KAFKA__TOPICS__{k}"), v.clone()))
+    .collect()
+}
+
+/// `riskstream <args>` in the repo root with `env`.
+pub fn command(args: &[&str], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(repo());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Starts `riskstream <args>` in the repo root with `env`, waits for `<key>=VALUE` on stdout
+/// and returns VALUE; stdout is drained afterwards so the child never blocks on it.
+pub fn spawn(args: &[&str], env: &[(String, String)], key: &str) -> (Proc, String) {
+    let mut child = command(args, env)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn riskstream");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let prefix = format!("{key}=");
+    let value = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("riskstream {args:?} exited before printing {key}="))
+            .expect("stdout");
+        if let Some(v) = line.strip_prefix(&prefix) {
+            break v.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), value)
+}
+
+/// Runs `riskstream topics create` for `topics` on `bootstrap` and checks it succeeded.
+pub fn create_topics(bootstrap: &str, topics: &Topics, partitions: u32) -> String {
+    let out = command(
+        &[
+            "topics",
+            "create",
+            "--brokers",
+            bootstrap,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+        &topics_env(topics),
+    )
+    .output()
+    .expect("run riskstream topics create");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "topics create failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
