@@ -254,6 +254,32 @@ pub fn is_retryable(err: &KafkaError) -> bool {
     )
 }
 
+/// Reports a client-level error as rdkafka's default context does (`error!`), except the
+/// end-of-partition event that consumers with `enable.partition.eof` ask for: that is a signal
+/// the stage loop handles, not an error, and logging it floods the log (one line per partition
+/// per fetch). Every context of ours routes `ClientContext::error` here.
+pub fn log_client_error(error: &KafkaError, reason: &str) {
+    match error {
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+            tracing::trace!(reason, "partition end reached");
+        }
+        _ => tracing::error!(error = %error, reason, "kafka client error"),
+    }
+}
+
+/// A consumer context that only quiets end-of-partition events (see [`log_client_error`]):
+/// for readers with `enable.partition.eof` and no rebalance logic (replays, tools).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EofReaderContext;
+
+impl rdkafka::ClientContext for EofReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for EofReaderContext {}
+
 /// The value of a header as UTF-8, if present and valid.
 pub fn header_str<'a>(headers: Option<&'a BorrowedHeaders>, name: &str) -> Option<&'a str> {
     headers?

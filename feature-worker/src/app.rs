@@ -86,7 +86,11 @@ pub struct WorkerContext {
     revoked: Mutex<Vec<i32>>,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        riskstream_common::kafka::log_client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn rebalance(
@@ -329,7 +333,11 @@ impl Loop {
                 _ = shutdown.cancelled() => break,
                 Some((p, o)) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(p, o),
                 m = consumer.recv(), if reading => match m {
-                    Ok(m) => self.on_message(&m),
+                    Ok(m) => {
+                        // Revocations served inside this recv() precede the message.
+                        self.handle_revocations();
+                        self.on_message(&m)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error");
                         tokio::time::sleep(Duration::from_millis(100)).await;

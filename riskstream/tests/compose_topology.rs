@@ -204,7 +204,10 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
             ),
             // Text logs on the test's stderr; the rest as the compose file says.
             ("RISKSTREAM__TELEMETRY__LOG_FORMAT".into(), "text".into()),
-            ("RISKSTREAM__TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+            (
+                "RISKSTREAM__TELEMETRY__LOG_LEVEL".into(),
+                std::env::var("COMPOSE_TEST_LOG").unwrap_or("warn".into()),
+            ),
         ])
         .collect();
     let env_of = |s: &Service, hosts: &HashMap<String, String>| -> Vec<(String, String)> {

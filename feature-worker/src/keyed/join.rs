@@ -138,7 +138,11 @@ impl Joiner {
                 _ = shutdown.cancelled() => break,
                 Some(offsets) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(&offsets),
                 m = consumer.recv(), if reading => match m {
-                    Ok(m) => self.on_message(&m),
+                    Ok(m) => {
+                        // Revocations served inside this recv() precede the message.
+                        self.handle_revocations();
+                        self.on_message(&m)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error (join)");
                         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -153,7 +153,11 @@ impl StageContext {
     }
 }
 
-impl ClientContext for StageContext {}
+impl ClientContext for StageContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        riskstream_common::kafka::log_client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for StageContext {
     fn rebalance(
@@ -255,7 +259,8 @@ pub(crate) async fn replay(
     let mut cfg = kafka.consumer_config(&group);
     cfg.set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
-    let reader: StreamConsumer = cfg.create()?;
+    let reader: StreamConsumer<riskstream_common::kafka::EofReaderContext> =
+        cfg.create_with_context(riskstream_common::kafka::EofReaderContext)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
     reader.assign(&tpl)?;

@@ -148,8 +148,13 @@ impl Router {
                 _ = shutdown.cancelled() => break,
                 Some((p, o)) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(p, o),
                 m = consumer.recv(), if reading => match m {
-                    Ok(m) => self.on_message(&m).await,
+                    Ok(m) => {
+                        // Revocations served inside this recv() precede the message.
+                        self.handle_revocations();
+                        self.on_message(&m).await
+                    }
                     Err(KafkaError::PartitionEOF(p)) => {
+                        self.handle_revocations();
                         if let Some(s) = self.sources.get_mut(&p) {
                             s.eof_since.get_or_insert_with(Instant::now);
                         } else if consumer.context().is_assigned(p) {

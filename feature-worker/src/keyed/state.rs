@@ -236,7 +236,11 @@ impl StateStage {
                 _ = shutdown.cancelled() => break,
                 Some((q, o)) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(q, o),
                 m = consumer.recv(), if reading => match m {
-                    Ok(m) => self.on_message(&m).await,
+                    Ok(m) => {
+                        // Revocations served inside this recv() precede the message.
+                        self.handle_revocations();
+                        self.on_message(&m).await
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error (state)");
                         tokio::time::sleep(Duration::from_millis(100)).await;
