@@ -361,9 +361,9 @@ fn example_config_is_valid_and_shows_the_defaults() {
     );
 }
 
-/// `broker --port P` answers on P (forwarding to the mock cluster's own listener).
+/// `broker --port P` answers on P (forwarding to the mock cluster's own listener): the
+/// embedded mock broker (the demo's and `riskstream broker`'s) still serves the pipeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-/// The embedded mock broker (the demo's and `riskstream broker`'s) still serves the pipeline.
 async fn mock_broker_on_a_chosen_port_serves_produce_and_fetch() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -397,4 +397,40 @@ async fn mock_broker_on_a_chosen_port_serves_produce_and_fetch() {
     };
     let records = read_records(&kafka, "events", 51, Duration::from_secs(8)).await;
     assert_eq!(records.len(), 50);
+}
+
+/// The demo path on the embedded mock broker (no servers): generated traffic through ingest is
+/// decided, and the run ends cleanly at `--duration`.
+#[test]
+fn demo_on_the_embedded_broker_decides_generated_traffic() {
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--duration",
+            "10s",
+            "--rate",
+            "300",
+            "--ingest-listen",
+            "127.0.0.1:0",
+            "--worker-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The last summary line counts decisions by outcome; the generated traffic has many.
+    let decided: u64 = stdout
+        .lines()
+        .filter(|l| l.starts_with("decisions:"))
+        .last()
+        .unwrap_or_else(|| panic!("no decisions summary in {stdout}"))
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=')?.1.parse::<u64>().ok())
+        .sum();
+    assert!(decided > 100, "only {decided} decisions: {stdout}");
 }
