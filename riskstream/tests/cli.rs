@@ -404,6 +404,7 @@ async fn mock_broker_on_a_chosen_port_serves_produce_and_fetch() {
 #[test]
 fn demo_on_the_embedded_broker_decides_generated_traffic() {
     let out = Command::new(BIN)
+        .current_dir(support::repo())
         .args([
             "demo",
             "--duration",

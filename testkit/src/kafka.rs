@@ -239,15 +239,15 @@ impl TestKafka {
         wait_for_leaders(&kafka, names, partitions);
     }
 
-    /// Kafka settings for tests: the shipped defaults, with a short delivery timeout and the
-    /// fastest session timeout Kafka accepts (`group.min.session.timeout.ms`, 6 s).
+    /// Kafka settings for tests: the shipped defaults (delivery timeout included: a loaded CI
+    /// machine can take seconds to deliver to a topic created a moment ago), with the fastest
+    /// session timeout Kafka accepts (`group.min.session.timeout.ms`, 6 s).
     pub fn kafka_config(&self, topics: &Topics) -> KafkaConfig {
         let mut k = KafkaConfig {
             brokers: self.bootstrap.clone(),
             topics: topics.clone(),
             session_timeout: Duration::from_millis(6000),
             heartbeat_interval: Duration::from_millis(500),
-            message_timeout: Duration::from_secs(5),
             ..KafkaConfig::default()
         };
         k.client_id = "riskstream-test".into();

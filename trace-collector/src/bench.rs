@@ -46,7 +46,8 @@ pub struct BenchOptions {
     pub clickhouse_client: Option<(PathBuf, u16)>,
     pub seed: u64,
     /// Topic to use (the caller created it, e.g. with many partitions: librdkafka's mock broker
-    /// keeps only about 5 MB per partition). `None`: a fresh auto-created topic.
+    /// keeps only about 5 MB per partition). `None`: a fresh topic name, which only a broker
+    /// that auto-creates topics accepts (the mock; real clusters usually refuse).
     pub topic: Option<String>,
 }
 

@@ -695,6 +695,8 @@ async fn the_bench_stores_every_generated_span_and_measures_lookups() {
         lookups: 20,
         filler_spans: 1000,
         clickhouse_client: Some(("clickhouse-client".into(), server().tcp_port())),
+        // Created above by the admin API: real Kafka does not auto-create topics.
+        topic: Some(topics.otlp_spans.clone()),
         ..Default::default()
     };
     let report = riskstream_trace_collector::bench::bench(options)
