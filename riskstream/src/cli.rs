@@ -58,10 +58,13 @@ pub struct CheckArgs {
 /// Parses `riskstream <args>` as [`Cli`]; help and version requests are refusals too (a
 /// service command that only prints help is not a service).
 pub fn check_args(args: &[String]) -> Result<Command, Failure> {
-    let cli = Cli::try_parse_from(std::iter::once("riskstream".to_string()).chain(args.iter().cloned()))
-        .map_err(|e| Failure::Usage(vec![e.to_string().trim_end().to_string()]))?;
+    let cli =
+        Cli::try_parse_from(std::iter::once("riskstream".to_string()).chain(args.iter().cloned()))
+            .map_err(|e| Failure::Usage(vec![e.to_string().trim_end().to_string()]))?;
     if matches!(cli.command, Command::CheckArgs(_)) {
-        return Err(Failure::Usage(vec!["check-args does not check itself".into()]));
+        return Err(Failure::Usage(vec![
+            "check-args does not check itself".into(),
+        ]));
     }
     Ok(cli.command)
 }
