@@ -58,13 +58,30 @@ pub struct CheckArgs {
 /// Parses `riskstream <args>` as [`Cli`]; help and version requests are refusals too (a
 /// service command that only prints help is not a service).
 pub fn check_args(args: &[String]) -> Result<Command, Failure> {
+    use clap::error::ErrorKind;
+    let line = || format!("`riskstream {}`", args.join(" "));
     let cli =
         Cli::try_parse_from(std::iter::once("riskstream".to_string()).chain(args.iter().cloned()))
-            .map_err(|e| Failure::Usage(vec![e.to_string().trim_end().to_string()]))?;
+            .map_err(|e| {
+                let why = match e.kind() {
+                    ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                        "only prints help or the version".to_string()
+                    }
+                    _ => {
+                        let text = e.render().to_string();
+                        let first = text.lines().next().unwrap_or_default();
+                        first.trim_start_matches("error: ").to_string()
+                    }
+                };
+                Failure::Usage(vec![format!("{}: {why}", line())])
+            })?;
     if matches!(cli.command, Command::CheckArgs(_)) {
-        return Err(Failure::Usage(vec![
-            "check-args does not check itself".into(),
-        ]));
+        return Err(Failure::Usage(vec![format!(
+            "{}: check-args does not check itself",
+            line()
+        )]));
     }
     Ok(cli.command)
 }
