@@ -7,7 +7,8 @@
    parsed by the binary's own parser, `riskstream check-args -- ARGS...`.
 3. files: every host path of a bind mount (volumes), `configs`/`secrets` file, `env_file` and
    build context/Dockerfile exists in the repository; every Grafana dashboard provider's path is
-   mounted into the grafana service.
+   mounted into the grafana service and holds dashboards; every data source uid a dashboard
+   names is provisioned.
 4. scraping: every riskstream service that serves /metrics (ingest, worker, collector, api) is a
    target of deploy/prometheus/prometheus.yml on its --listen port.
 5. metrics: every metric named in a dashboard query (deploy/grafana/dashboards/*.json) is one
@@ -143,11 +144,25 @@ def check_files(doc: dict) -> None:
         for name, c in (doc.get(kind) or {}).items():
             if isinstance(c, dict) and "file" in c and not (ROOT / c["file"]).exists():
                 problem(f"{kind} {name}: file {c['file']} does not exist")
-    # Grafana: every provisioned dashboard directory is mounted, and holds dashboards.
+    # Grafana: every provisioned dashboard directory is mounted and holds dashboards, and
+    # every data source uid a dashboard names is provisioned.
     for name, svc in services.items():
         if not str(svc.get("image", "")).startswith("grafana/"):
             continue
         mounts = mounts_of(svc)
+        uids = set()
+        for hp, target in mounts:
+            if target.startswith("/etc/grafana/provisioning/datasources/") and hp.is_file():
+                for ds in (yaml.safe_load(hp.read_text()) or {}).get("datasources", []):
+                    uids.add(ds.get("uid"))
+        for hp, target in mounts:
+            for d in [hp] if hp.is_file() else sorted(hp.glob("*.json")):
+                if d.suffix != ".json":
+                    continue
+                used = set(re.findall(r'"uid":\s*"([^"]+)"', json.dumps(datasources_of(json.loads(d.read_text())))))
+                if used - uids:
+                    problem(f"{rel(d)}: data sources {sorted(used - uids)} are not provisioned "
+                            f"(provisioned uids: {sorted(u for u in uids if u)})")
         for hp, target in mounts:
             if not target.startswith("/etc/grafana/provisioning/dashboards/") or not hp.is_file():
                 continue
@@ -161,6 +176,21 @@ def check_files(doc: dict) -> None:
                 d = h / Path(path).relative_to(t) if path != t else h
                 if not list(d.glob("*.json")):
                     problem(f"service {name}: no dashboards in {rel(d)}")
+
+
+def datasources_of(node) -> list:
+    """Every `datasource` reference of a dashboard (panels and targets)."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "datasource" and isinstance(v, dict):
+                out.append(v)
+            else:
+                out.extend(datasources_of(v))
+    elif isinstance(node, list):
+        for v in node:
+            out.extend(datasources_of(v))
+    return out
 
 
 # 4. scraping -------------------------------------------------------------------------------
