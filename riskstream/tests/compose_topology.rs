@@ -213,9 +213,9 @@ fn dashboard_exprs(v: &Value, out: &mut Vec<String>) {
 }
 
 /// The series names Prometheus stores from one `/metrics` text, each with whether the text
-/// holds a sample of it: every sample's name, and for every `# TYPE` family (also one without
-/// samples yet, e.g. a DLQ counter nothing hit) the names its type exposes: `_total` for a
-/// counter, `_bucket`/`_sum`/`_count` for a histogram, the family name otherwise.
+/// holds a sample of it: every sample's name, and for every `# TYPE` family the names its type
+/// exposes: `_total` for a counter, `_bucket`/`_sum`/`_count` for a histogram, the family name
+/// otherwise. (prometheus_client prints a labelled family only once it has a series.)
 fn exported_series(text: &str) -> BTreeMap<String, bool> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
