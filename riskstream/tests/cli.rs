@@ -457,8 +457,7 @@ fn demo_on_the_embedded_broker_decides_generated_traffic() {
     // The last summary line counts decisions by outcome; the generated traffic has many.
     let decided: u64 = stdout
         .lines()
-        .filter(|l| l.starts_with("decisions:"))
-        .last()
+        .rfind(|l| l.starts_with("decisions:"))
         .unwrap_or_else(|| panic!("no decisions summary in {stdout}"))
         .split_whitespace()
         .filter_map(|kv| kv.split_once('=')?.1.parse::<u64>().ok())
