@@ -41,6 +41,49 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Provision the pipeline's topics on a Kafka cluster (admin API, idempotent).
     Topics(crate::topics_cmd::TopicsArgs),
+    /// Parse `riskstream ARGS...` with this binary's parser, print what it parsed, run nothing
+    /// (CI checks the compose file's commands with it: scripts/check-compose).
+    #[command(hide = true)]
+    CheckArgs(CheckArgs),
+}
+
+/// Flags of `riskstream check-args`.
+#[derive(Debug, Args, Clone)]
+pub struct CheckArgs {
+    /// The command line to parse, without the program name: `check-args -- worker --listen ...`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// Parses `riskstream <args>` as [`Cli`]; help and version requests are refusals too (a
+/// service command that only prints help is not a service).
+pub fn check_args(args: &[String]) -> Result<Command, Failure> {
+    use clap::error::ErrorKind;
+    let line = || format!("`riskstream {}`", args.join(" "));
+    let cli =
+        Cli::try_parse_from(std::iter::once("riskstream".to_string()).chain(args.iter().cloned()))
+            .map_err(|e| {
+                let why = match e.kind() {
+                    ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                        "only prints help or the version".to_string()
+                    }
+                    _ => {
+                        let text = e.render().to_string();
+                        let first = text.lines().next().unwrap_or_default();
+                        first.trim_start_matches("error: ").to_string()
+                    }
+                };
+                Failure::Usage(vec![format!("{}: {why}", line())])
+            })?;
+    if matches!(cli.command, Command::CheckArgs(_)) {
+        return Err(Failure::Usage(vec![format!(
+            "{}: check-args does not check itself",
+            line()
+        )]));
+    }
+    Ok(cli.command)
 }
 
 /// Flags every service takes.
@@ -199,6 +242,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => crate::bench::run(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Topics(a) => crate::topics_cmd::run(a).await,
+        Command::CheckArgs(a) => {
+            let parsed = check_args(&a.args)?;
+            println!("{parsed:?}");
+            Ok(())
+        }
         Command::Config(a) => {
             let cfg = load_config(&a, None)?;
             let text = toml::to_string_pretty(&cfg).map_err(|e| Failure::Runtime(e.into()))?;

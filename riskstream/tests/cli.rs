@@ -308,7 +308,19 @@ fn bad_usage_and_bad_config_exit_with_2_and_print_every_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
 }
 
-/// Every service command in docker-compose.yml is one the binary accepts (flags included).
+/// `riskstream check-args -- ARGS...` parsed by the binary's own parser.
+fn check_args(args: &[String]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check-args")
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every command of a riskstream service in docker-compose.yml (the services built from this
+/// repository's image, profiles included, merge keys applied) is one the binary's parser
+/// accepts as it stands: subcommand, flags, values and conflicts, not only `--help`.
 #[test]
 fn compose_commands_are_accepted_by_the_binary() {
     let compose = std::fs::read_to_string(concat!(
@@ -316,29 +328,48 @@ fn compose_commands_are_accepted_by_the_binary() {
         "/../docker-compose.yml"
     ))
     .unwrap();
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&compose).unwrap();
+    doc.apply_merge().unwrap();
     let mut checked = 0;
-    for line in compose.lines() {
-        let Some(rest) = line.trim().strip_prefix("command: [") else {
+    for (name, s) in doc["services"].as_mapping().expect("services") {
+        let ours = s.get("build").is_some()
+            || s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("riskstream"));
+        if !ours {
             continue;
+        }
+        let args: Vec<String> = match &s["command"] {
+            serde_yaml_ng::Value::Sequence(seq) => seq
+                .iter()
+                .map(|a| match a {
+                    serde_yaml_ng::Value::String(a) => a.clone(),
+                    other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
+                })
+                .collect(),
+            other => panic!("service {name:?}: command is not a list: {other:?}"),
         };
-        let args: Vec<String> = rest
-            .trim_end_matches(']')
-            .split(',')
-            .map(|a| a.trim().trim_matches('"').to_string())
-            .collect();
-        let out = Command::new(BIN)
-            .args(&args)
-            .arg("--help")
-            .output()
-            .unwrap();
+        let out = check_args(&args);
         assert!(
             out.status.success(),
-            "compose command {args:?} refused: {}",
+            "compose service {name:?}: command {args:?} refused: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         checked += 1;
     }
-    assert!(checked >= 5, "only {checked} compose commands found");
+    assert!(checked >= 6, "only {checked} compose commands found");
+    // The check refuses what the parser refuses, and a bare help request.
+    for bad in [
+        &["worker", "--listne", "0.0.0.0:8081"][..],
+        &["produce", "--count", "many"],
+        &["produce", "--file", "x.ndjson", "--count", "1"],
+        &["ingest", "--help"],
+        &["nosuchcommand"],
+    ] {
+        let bad: Vec<String> = bad.iter().map(|a| a.to_string()).collect();
+        let out = check_args(&bad);
+        assert_eq!(out.status.code(), Some(2), "check-args accepted {bad:?}");
+    }
 }
 
 /// The shipped example configuration is valid and documents exactly the defaults.

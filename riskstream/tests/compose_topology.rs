@@ -4,7 +4,9 @@
 //! the database made unique to this test). Generated traffic goes through ingest over HTTP;
 //! every event is decided exactly once in ClickHouse's decisions table, both worker replicas
 //! share the work in one consumer group, and a trace read from the api holds spans from
-//! ingest, the worker and the decision.
+//! ingest, the worker and the decision. Every metric the Grafana dashboard
+//! (deploy/grafana/dashboards/pipeline.json) queries is in some service's `/metrics`. The
+//! compose file's traffic generator (`produce`) is not run: the test sends its own traffic.
 
 mod support;
 
@@ -20,6 +22,12 @@ use support::{Proc, command, repo, spawn, topics_env};
 
 const EVENTS: usize = 1500;
 const BATCH: usize = 100;
+/// The commands this test runs, in the compose file's roles.
+const RUN: [&str; 5] = ["topics", "ingest", "worker", "collector", "api"];
+/// Commands of the compose file this test knows and does not run: the traffic generator.
+const SKIP: [&str; 1] = ["produce"];
+/// The commands whose `--listen` serves `GET /metrics` (Prometheus scrapes them).
+const SERVES_METRICS: [&str; 4] = ["ingest", "worker", "collector", "api"];
 
 /// One riskstream service of the compose file.
 #[derive(Debug)]
@@ -113,6 +121,125 @@ async fn decided(http: &reqwest::Client, admin: &str) -> f64 {
         .sum()
 }
 
+/// Metric names of a PromQL expression: identifiers that are not functions, keywords, label
+/// names (in `{...}` or `by (...)`-style groupings), durations, numbers or Grafana variables.
+fn promql_metrics(expr: &str) -> BTreeSet<String> {
+    const GROUPING: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    const WORDS: [&str; 7] = ["bool", "offset", "and", "or", "unless", "inf", "nan"];
+    let c: Vec<char> = expr.chars().collect();
+    let mut out = BTreeSet::new();
+    let skip_to = |i: usize, close: char| -> usize {
+        let mut j = i + 1;
+        while j < c.len() && c[j] != close {
+            if c[j] == '"' || c[j] == '\'' {
+                let q = c[j];
+                j += 1;
+                while j < c.len() && c[j] != q {
+                    j += if c[j] == '\\' { 2 } else { 1 };
+                }
+            }
+            j += 1;
+        }
+        j + 1
+    };
+    let mut i = 0;
+    while i < c.len() {
+        let ch = c[i];
+        if ch == '"' || ch == '\'' || ch == '`' {
+            i = skip_to(i, ch);
+        } else if ch == '{' {
+            i = skip_to(i, '}');
+        } else if ch == '[' {
+            i = skip_to(i, ']');
+        } else if ch.is_ascii_digit() || ch == '.' || ch == '$' {
+            i += 1;
+            while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '_' || c[i] == '.') {
+                i += 1;
+            }
+        } else if ch.is_ascii_alphabetic() || ch == '_' || ch == ':' {
+            let start = i;
+            while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '_' || c[i] == ':') {
+                i += 1;
+            }
+            let word: String = c[start..i].iter().collect();
+            let mut j = i;
+            while j < c.len() && c[j].is_whitespace() {
+                j += 1;
+            }
+            let call = j < c.len() && c[j] == '(';
+            // `sum by (le) (...)`: an aggregation with its grouping first.
+            let next: String = c[j..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
+                .collect();
+            let aggregation = next == "by" || next == "without";
+            if aggregation {
+                continue;
+            }
+            if call && GROUPING.contains(&word.as_str()) {
+                i = skip_to(j, ')');
+            } else if !call && !GROUPING.contains(&word.as_str()) && !WORDS.contains(&word.as_str())
+            {
+                out.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every PromQL expression (`expr`) of a Grafana dashboard.
+fn dashboard_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    _ => dashboard_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| dashboard_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The series names Prometheus stores from one `/metrics` text, each with whether the text
+/// holds a sample of it: every sample's name, and for every `# TYPE` family the names its type
+/// exposes: `_total` for a counter, `_bucket`/`_sum`/`_count` for a histogram, the family name
+/// otherwise. (prometheus_client prints a labelled family only once it has a series.)
+fn exported_series(text: &str) -> BTreeMap<String, bool> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                out.entry(format!("{name}{s}")).or_insert(false);
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            out.insert(line[..end].to_string(), true);
+        }
+    }
+    out
+}
+
 /// Waits until every consumer group named `prefix*` is Stable with `members` members.
 fn wait_for_stable_groups(prefix: &str, members: usize) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -163,7 +290,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
             .filter(|s| s.command.first().map(String::as_str) == Some(c))
             .collect()
     };
-    for needed in ["topics", "ingest", "worker", "collector", "api"] {
+    for needed in RUN {
         assert_eq!(
             by_cmd(needed).len(),
             1,
@@ -177,7 +304,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     for s in &services {
         let c = s.command[0].as_str();
         assert!(
-            ["topics", "ingest", "worker", "collector", "api"].contains(&c),
+            RUN.contains(&c) || SKIP.contains(&c),
             "service {} runs `{c}`, which this test does not know how to run",
             s.name
         );
@@ -236,6 +363,8 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     // Services in dependency order; each one's printed address replaces its compose address.
     let mut procs: Vec<Proc> = Vec::new();
     let mut worker_admins = Vec::new();
+    // (service, address) of every process whose listener serves /metrics.
+    let mut metrics_at: Vec<(String, String)> = Vec::new();
     let mut listen_of: BTreeMap<&str, String> = BTreeMap::new();
     for cmd in ["collector", "api", "worker", "ingest"] {
         let s = by_cmd(cmd)[0];
@@ -251,6 +380,9 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
             }
             if cmd == "worker" {
                 worker_admins.push(addr.clone());
+            }
+            if SERVES_METRICS.contains(&cmd) {
+                metrics_at.push((s.name.clone(), addr.clone()));
             }
             listen_of.insert(cmd, addr);
             procs.push(p);
@@ -377,5 +509,137 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // A span the collector cannot store (an all-zero trace id): rejected and dead-lettered,
+    // as the dashboard's DLQ panels count. The collector prints a labelled family only
+    // once it has a series, so this is what makes those families appear.
+    let collector = &listen_of["collector"];
+    let bad_span = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"compose-test"}}]},
+      "scopeSpans":[{"spans":[{"traceId":"00000000000000000000000000000000","spanId":"eee19b7ec3c1b174",
+      "name":"bad","kind":1,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000"}]}]}]}"#;
+    let r = http
+        .post(format!("http://{collector}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(bad_span)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "partial success: {:?}",
+        r.text().await
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http
+            .get(format!("http://{collector}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text
+            .lines()
+            .any(|l| l.starts_with("collector_dead_lettered_records_total{"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rejected span was not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every metric the dashboard queries is exported by some running service.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/dashboards/pipeline.json")).unwrap(),
+    )
+    .expect("pipeline.json is JSON");
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard, &mut exprs);
+    let queried: BTreeSet<String> = exprs.iter().flat_map(|e| promql_metrics(e)).collect();
+    assert!(queried.len() >= 5, "the dashboard queries only {queried:?}");
+    assert_eq!(
+        metrics_at.len(),
+        services
+            .iter()
+            .filter(|s| SERVES_METRICS.contains(&s.command[0].as_str()))
+            .map(|s| s.replicas)
+            .sum::<usize>(),
+        "every replica of every service with /metrics was started"
+    );
+    // Series name -> (services exporting it, whether one of them has a sample).
+    let mut exported: BTreeMap<String, (Vec<String>, bool)> = BTreeMap::new();
+    for (service, addr) in &metrics_at {
+        let r = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "{service} at {addr}: GET /metrics"
+        );
+        for (name, sampled) in exported_series(&r.text().await.unwrap()) {
+            let e = exported.entry(name).or_default();
+            e.0.push(service.clone());
+            e.1 |= sampled;
+        }
+    }
+    let unknown: Vec<&String> = queried
+        .iter()
+        .filter(|m| !exported.contains_key(*m))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries {unknown:?}, which no service exports (exported: {:?})",
+        exported.keys().collect::<Vec<_>>()
+    );
+    // The panels this traffic feeds have data: events, decisions by outcome, decision
+    // latency, spans.
+    for m in [
+        "riskstream_ingest_events_accepted_total",
+        "riskstream_worker_events_total",
+        "riskstream_worker_decisions_total",
+        "riskstream_worker_processing_latency_seconds_bucket",
+        "collector_stored_rows_total",
+    ] {
+        assert!(queried.contains(m), "the dashboard no longer queries {m}");
+        assert!(
+            exported[m].1,
+            "no service has a sample of {m} after the traffic"
+        );
+    }
     drop(procs);
+}
+
+/// The dashboard's metric names are read from PromQL as Prometheus reads them.
+#[test]
+fn promql_metric_names_exclude_functions_labels_and_durations() {
+    let names = promql_metrics(
+        r#"histogram_quantile(0.99, sum by (le) (rate(a_seconds_bucket{result="late", x=~"b|c"}[$__rate_interval])))
+           / on (job) group_left (instance) b_total offset 5m > bool 3 or vector(0) and c unless d:rule"#,
+    );
+    let want: BTreeSet<String> = ["a_seconds_bucket", "b_total", "c", "d:rule"]
+        .map(String::from)
+        .into();
+    assert_eq!(names, want);
+    let series = exported_series(
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n# TYPE c counter\n# TYPE g gauge\ng 2\n# EOF\n",
+    );
+    let names: Vec<(&str, bool)> = series.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        names,
+        [
+            ("c_total", false),
+            ("g", true),
+            ("h_bucket", true),
+            ("h_count", true),
+            ("h_sum", true)
+        ]
+    );
 }
