@@ -269,9 +269,9 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
     let d_late = &decisions[&id_of(&late)];
     assert!(d_late.late, "the hour-old event is late");
     assert!(
-        d_late.watermark_lag_ms >= 3_000_000,
+        d_late.lateness_ms >= 3_000_000,
         "lag {}",
-        d_late.watermark_lag_ms
+        d_late.lateness_ms
     );
     assert!(
         d_late
