@@ -1,8 +1,10 @@
 //! The feature engine against a brute-force reference: for every event, every feature is
 //! recomputed from the full event list straight from the definitions in `docs/features.md`
-//! (entity key, filter, window bounds, aggregation; no buckets, no cache), and the engine must
-//! agree for every event and every feature (property test on random streams and feature sets,
-//! plus the shipped `config/features.toml` on a generated stream).
+//! (entity key, filter, window bounds, aggregation, per-key retention; no buckets, no cache),
+//! and the engine must agree for every event and every feature: property tests on random
+//! streams and feature sets, in order and with bounded disorder plus late bursts (minutes to
+//! an hour behind, in order among themselves, interleaved), through the worker's reorder core,
+//! plus the shipped `config/features.toml` on a generated stream.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use riskstream_common::{Event, FeatureValue};
 use riskstream_feature_worker::features::{
     Aggregation, Feature, FeatureEngine, FeatureSet, Predicate, Scalar, StateConfig, WindowDef,
 };
+use riskstream_feature_worker::stream::{ClockConfig, PartitionClock};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
@@ -36,6 +39,21 @@ fn window_start(w: &WindowDef, t: i64) -> i64 {
             t.div_euclid(g) * g + g - ms(size)
         }
     }
+}
+
+/// Granularity of the window's buckets (the upper edge of an event's window is the end of
+/// its bucket: events processed before it with a later time in the same bucket count).
+fn granularity(w: &WindowDef) -> i64 {
+    match *w {
+        WindowDef::Tumbling { size } => ms(size),
+        WindowDef::Hopping { slide, .. } => ms(slide),
+        WindowDef::Sliding { granularity, .. } => granularity.map_or(1_000, ms),
+    }
+}
+
+fn bucket_of(w: &WindowDef, t: i64) -> i64 {
+    let g = granularity(w);
+    t.div_euclid(g) * g
 }
 
 fn field_value(e: &Event, field: &str) -> Option<FeatureValue> {
@@ -104,8 +122,16 @@ fn key_tuple(e: &Event, f: &Feature) -> Option<Vec<String>> {
         .collect()
 }
 
-/// The value of feature `f` for `events[i]`, `events` being in processing order.
-fn reference_value(events: &[Event], i: usize, f: &Feature) -> FeatureValue {
+/// The value of feature `f` for `events[i]`, `events` being in processing order, with a
+/// per-key retention of `retention_ms` (docs/features.md, "Time, disorder and lateness"):
+/// - the key's newest time `M` is the largest event time of the key among `events[..=i]`;
+/// - an earlier event `j` of the key is retained if its bucket starts at or after the window
+///   start of time `M - retention_ms`;
+/// - the window of `events[i]` is every retained event (and itself) whose bucket lies in
+///   `[window_start(t), bucket_of(t)]`;
+/// - `last` / `time_since_last` look at the retained event with the greatest
+///   `(time, processing position)` at or before `t`, if its time is in the window.
+fn reference_value(events: &[Event], i: usize, f: &Feature, retention_ms: i64) -> FeatureValue {
     let cur = &events[i];
     let agg = f.aggregation();
     let Some(key) = key_tuple(cur, f) else {
@@ -116,12 +142,25 @@ fn reference_value(events: &[Event], i: usize, f: &Feature) -> FeatureValue {
         };
     };
     let def = f.def();
-    let lo = window_start(def.window.as_ref().expect("validated"), cur.event_time_ms);
+    let w = def.window.as_ref().expect("validated");
+    let t = cur.event_time_ms;
+    let lo = window_start(w, t);
+    let hi = bucket_of(w, t);
+    let same_key = |j: usize| key_tuple(&events[j], f).as_ref() == Some(&key);
+    let newest = (0..=i)
+        .filter(|&j| same_key(j))
+        .map(|j| events[j].event_time_ms)
+        .max()
+        .unwrap_or(t);
+    let keep = window_start(w, newest - retention_ms);
+    let retained =
+        |j: usize| j == i || (same_key(j) && bucket_of(w, events[j].event_time_ms) >= keep);
     let field = f.field().map(|fl| fl.name());
-    // Events of the key in the window up to and including the current one, passing the filter.
+    // Events of the key in the window, passing the filter.
     let in_window = |j: usize| {
         let e = &events[j];
-        e.event_time_ms >= lo && key_tuple(e, f).as_ref() == Some(&key) && passes(e, f)
+        let b = bucket_of(w, e.event_time_ms);
+        retained(j) && b >= lo && b <= hi && same_key(j) && passes(e, f)
     };
     let set: Vec<&Event> = (0..=i)
         .filter(|&j| in_window(j))
@@ -135,7 +174,15 @@ fn reference_value(events: &[Event], i: usize, f: &Feature) -> FeatureValue {
                 .and_then(|v| v.as_f64())
         })
         .collect();
-    let previous = || (0..i).rev().find(|&j| in_window(j)).map(|j| &events[j]);
+    // The previous event: retained, passing, at or before t, greatest (time, position).
+    let previous = |with_value: bool| {
+        (0..i)
+            .filter(|&j| retained(j) && same_key(j) && passes(&events[j], f))
+            .filter(|&j| events[j].event_time_ms <= t)
+            .filter(|&j| !with_value || field.and_then(|fl| field_value(&events[j], fl)).is_some())
+            .max_by_key(|&j| (events[j].event_time_ms, j))
+            .filter(|&j| events[j].event_time_ms >= lo)
+    };
     match agg {
         Aggregation::Count => FeatureValue::Number(set.len() as f64),
         Aggregation::Sum => FeatureValue::Number(nums.iter().sum()),
@@ -162,16 +209,33 @@ fn reference_value(events: &[Event], i: usize, f: &Feature) -> FeatureValue {
         }
         Aggregation::Last => {
             let fl = field.expect("validated");
-            (0..i)
-                .rev()
-                .filter(|&j| in_window(j))
-                .find_map(|j| field_value(&events[j], fl))
+            previous(true)
+                .and_then(|j| field_value(&events[j], fl))
                 .unwrap_or(FeatureValue::Null)
         }
-        Aggregation::TimeSinceLast => previous().map_or(FeatureValue::Null, |p| {
-            FeatureValue::Number((cur.event_time_ms - p.event_time_ms) as f64)
+        Aggregation::TimeSinceLast => previous(false).map_or(FeatureValue::Null, |j| {
+            FeatureValue::Number((t - events[j].event_time_ms) as f64)
         }),
     }
+}
+
+/// Whether `events[i]` is older than its key's newest earlier event by more than the
+/// retention, for some feature's key.
+fn reference_beyond_retention(
+    events: &[Event],
+    i: usize,
+    features: &[Feature],
+    retention_ms: i64,
+) -> bool {
+    let t = events[i].event_time_ms;
+    features.iter().any(|f| {
+        let Some(key) = key_tuple(&events[i], f) else {
+            return false;
+        };
+        (0..i)
+            .filter(|&j| key_tuple(&events[j], f).as_ref() == Some(&key))
+            .any(|j| t < events[j].event_time_ms - retention_ms)
+    })
 }
 
 fn close(a: &FeatureValue, b: &FeatureValue) -> bool {
@@ -183,18 +247,48 @@ fn close(a: &FeatureValue, b: &FeatureValue) -> bool {
     }
 }
 
-/// Sorts into processing order, runs the engine and compares every value with the reference.
-fn check(set: FeatureSet, mut events: Vec<Event>) -> Result<(), TestCaseError> {
-    events.sort_by_key(|e| (e.event_time_ms, e.event_id));
+/// The state settings of the disorder tests: retention short enough that the longest late
+/// bursts go beyond it.
+fn test_state_config() -> StateConfig {
+    StateConfig {
+        allowed_lateness: Duration::from_secs(60),
+        retention: Duration::from_secs(20 * 60),
+        ..StateConfig::default()
+    }
+}
+
+/// Runs the engine over `events` in the given (processing) order and compares every value,
+/// and the beyond-retention flag, with the reference.
+fn check_in_order(
+    set: FeatureSet,
+    events: &[Event],
+    config: StateConfig,
+) -> Result<(), TestCaseError> {
     let features: Vec<Feature> = set.features().cloned().collect();
-    let engine = FeatureEngine::new(set, StateConfig::default());
+    let engine = FeatureEngine::new(set, config);
+    let retention_ms = engine.retention_ms();
     let mut values = Vec::new();
     for (i, e) in events.iter().enumerate() {
         values.clear();
-        engine.process_event_into(e, &mut values);
+        let outcome = engine.process_event_into(e, &mut values);
         prop_assert_eq!(values.len(), features.len());
+        prop_assert_eq!(
+            outcome.beyond_retention,
+            reference_beyond_retention(events, i, &features, retention_ms),
+            "event #{} t={}: beyond-retention flag",
+            i,
+            e.event_time_ms
+        );
         for (f, got) in features.iter().zip(&values) {
-            let want = reference_value(&events, i, f);
+            let want = reference_value(events, i, f, retention_ms);
+            prop_assert!(
+                !(*got == FeatureValue::Null && want != FeatureValue::Null),
+                "event #{} t={} feature {}: null where the reference has {:?}",
+                i,
+                e.event_time_ms,
+                f.name(),
+                want
+            );
             prop_assert!(
                 close(got, &want),
                 "event #{} ({:?} t={}) feature {}: engine {:?}, reference {:?}",
@@ -208,6 +302,32 @@ fn check(set: FeatureSet, mut events: Vec<Event>) -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// Sorts into event-time order, runs the engine and compares every value with the reference.
+fn check(set: FeatureSet, mut events: Vec<Event>) -> Result<(), TestCaseError> {
+    events.sort_by_key(|e| (e.event_time_ms, e.event_id));
+    check_in_order(set, &events, StateConfig::default())
+}
+
+/// Feeds `arrivals` (in arrival order, one per millisecond of simulated wall time) through the
+/// worker's reorder core with `reorder_wait_ms`, and returns the order the events are handed
+/// to the feature engine.
+fn processing_order(arrivals: Vec<Event>, reorder_wait_ms: u64) -> Vec<Event> {
+    let t0 = std::time::Instant::now();
+    let mut clock = PartitionClock::new(ClockConfig {
+        out_of_orderness_ms: 10,
+        allowed_lateness_ms: 60_000,
+        reorder_wait: Duration::from_millis(reorder_wait_ms),
+    });
+    let mut out = Vec::with_capacity(arrivals.len());
+    for (n, e) in arrivals.into_iter().enumerate() {
+        let now = t0 + Duration::from_millis(n as u64);
+        clock.admit(e.event_time_ms, e.event_id, e, now);
+        out.extend(clock.release(now).into_iter().map(|(e, _)| e));
+    }
+    out.extend(clock.release_all().into_iter().map(|(e, _)| e));
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,6 +451,152 @@ proptest! {
         events in prop::collection::vec(arb_event(), 1..120),
     ) {
         check(set, events)?;
+    }
+}
+
+/// A stream in arrival order: an on-time stream (event times a few hundred ms apart, spread
+/// over about an hour and a half) shuffled by up to `disorder_ms`, with late bursts
+/// interleaved: each burst is a run of events of one card, in order among themselves, 5 to 60
+/// minutes behind the point of the stream where it arrives.
+fn disordered_stream(seed: u64, n: usize, disorder_ms: i64, bursts: usize) -> Vec<Event> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let template = |rng: &mut ChaCha8Rng, t: i64, card: Option<String>| {
+        let amount = rng
+            .random_bool(0.9)
+            .then(|| f64::from(rng.random_range(1..500u32)) / 100.0);
+        Event {
+            event_id: Uuid::from_u128(rng.random()),
+            event_time_ms: t,
+            account_id: Some(["a1", "a2"][rng.random_range(0..2)].into()),
+            card_id: card.or_else(|| {
+                rng.random_bool(0.9)
+                    .then(|| format!("c{}", rng.random_range(0..4)))
+            }),
+            device_id: Some(["d1", "d2"][rng.random_range(0..2)].into()),
+            ip: None,
+            merchant_id: rng
+                .random_bool(0.8)
+                .then(|| ["m1", "m2"][rng.random_range(0..2)].into()),
+            email: None,
+            currency: amount.map(|_| "EUR".to_string()),
+            amount,
+            country: rng
+                .random_bool(0.9)
+                .then(|| ["DE", "FR", "US"][rng.random_range(0..3)].into()),
+            channel: None,
+            event_type: Some(
+                if rng.random_bool(0.85) {
+                    "payment"
+                } else {
+                    "refund"
+                }
+                .into(),
+            ),
+            attributes: Default::default(),
+        }
+    };
+    let mut t = 10_000_000i64;
+    let mut on_time: Vec<(i64, Event)> = (0..n)
+        .map(|_| {
+            // Mostly sub-second gaps, now and then minutes (so an hour and more is covered).
+            t += if rng.random_bool(0.03) {
+                rng.random_range(60_000..600_000)
+            } else {
+                rng.random_range(0..1_500)
+            };
+            let e = template(&mut rng, t, None);
+            (t + rng.random_range(0..=disorder_ms), e)
+        })
+        .collect();
+    // Shuffled by up to `disorder_ms`: arrival order is by (time + delay).
+    on_time.sort_by_key(|(arrival, e)| (*arrival, e.event_id));
+    let mut arrivals: Vec<Event> = on_time.into_iter().map(|(_, e)| e).collect();
+    for _ in 0..bursts {
+        let at = rng.random_range(0..=arrivals.len());
+        let front_ms = arrivals[..at]
+            .iter()
+            .map(|e| e.event_time_ms)
+            .max()
+            .unwrap_or(t);
+        let behind_ms = rng.random_range(5 * 60_000..=3_600_000);
+        let card = Some(format!("c{}", rng.random_range(0..4)));
+        let mut bt = front_ms - behind_ms;
+        let burst: Vec<Event> = (0..rng.random_range(3..12))
+            .map(|_| {
+                bt += rng.random_range(0..2_000);
+                template(&mut rng, bt, card.clone())
+            })
+            .collect();
+        // Interleave: the burst's events arrive in order, mixed with the on-time stream.
+        let mut pos = at;
+        for e in burst {
+            pos = (pos + rng.random_range(0..3)).min(arrivals.len());
+            arrivals.insert(pos, e);
+            pos += 1;
+        }
+    }
+    arrivals
+}
+
+/// Windows from sub-second to ten minutes.
+fn arb_long_window() -> impl Strategy<Value = String> {
+    prop_oneof![
+        arb_window(),
+        (0usize..3, 1i64..11).prop_map(|(kind, k)| match kind {
+            0 => format!("{{ kind = \"tumbling\", size = \"{k}m\" }}"),
+            1 => format!("{{ kind = \"hopping\", size = \"{k}m\", slide = \"1m\" }}"),
+            _ => format!("{{ kind = \"sliding\", size = \"{k}m\", granularity = \"10s\" }}"),
+        }),
+    ]
+}
+
+fn arb_disorder_feature_set() -> impl Strategy<Value = FeatureSet> {
+    prop::collection::vec((arb_feature(), arb_long_window()), 1..8).prop_map(|fs| {
+        let toml: String = fs
+            .iter()
+            .enumerate()
+            .map(|(i, (body, window))| {
+                // Half the features get a window of up to ten minutes instead.
+                let body = if i % 2 == 0 {
+                    body.lines()
+                        .map(|l| {
+                            if l.starts_with("window = ") {
+                                format!("window = {window}")
+                            } else {
+                                l.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                } else {
+                    body.clone()
+                };
+                format!("[[feature]]\nname = \"f{i}\"\n{body}\n")
+            })
+            .collect();
+        FeatureSet::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Bounded disorder (up to 3 s) and late bursts (5 to 60 minutes behind), through the
+    /// reorder core with and without a reorder wait: every value equals the reference applied
+    /// in processing order, and no value is null where the reference has one.
+    #[test]
+    fn engine_equals_the_reference_on_disordered_streams_with_late_bursts(
+        set in arb_disorder_feature_set(),
+        seed in any::<u64>(),
+        n in 20usize..200,
+        disorder_ms in prop_oneof![Just(0i64), 1i64..3_000],
+        bursts in 0usize..5,
+        reorder_wait_ms in prop_oneof![Just(0u64), 1u64..5],
+    ) {
+        let arrivals = disordered_stream(seed, n, disorder_ms, bursts);
+        let order = processing_order(arrivals.clone(), reorder_wait_ms);
+        prop_assert_eq!(order.len(), arrivals.len());
+        check_in_order(set, &order, test_state_config())?;
     }
 }
 
