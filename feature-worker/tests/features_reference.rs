@@ -225,10 +225,10 @@ fn reference_beyond_retention(
     events: &[Event],
     i: usize,
     features: &[Feature],
-    retention_ms: i64,
+    retention_ms: &[i64],
 ) -> bool {
     let t = events[i].event_time_ms;
-    features.iter().any(|f| {
+    features.iter().zip(retention_ms).any(|(f, &retention_ms)| {
         let Some(key) = key_tuple(&events[i], f) else {
             return false;
         };
@@ -265,8 +265,26 @@ fn check_in_order(
     config: StateConfig,
 ) -> Result<(), TestCaseError> {
     let features: Vec<Feature> = set.features().cloned().collect();
-    let engine = FeatureEngine::new(set, config);
-    let retention_ms = engine.retention_ms();
+    let engine = FeatureEngine::new(set, config.clone());
+    // Per feature: the retention of its entity's keys, the larger of the configured one and
+    // the entity's longest window plus the allowed lateness.
+    let size_ms = |f: &Feature| match *f.def().window.as_ref().expect("validated") {
+        WindowDef::Tumbling { size }
+        | WindowDef::Hopping { size, .. }
+        | WindowDef::Sliding { size, .. } => ms(size),
+    };
+    let retention_ms: Vec<i64> = features
+        .iter()
+        .map(|f| {
+            let longest = features
+                .iter()
+                .filter(|g| g.def().entity == f.def().entity)
+                .map(size_ms)
+                .max()
+                .unwrap_or(0);
+            (longest + ms(config.allowed_lateness)).max(ms(config.retention))
+        })
+        .collect();
     let mut values = Vec::new();
     for (i, e) in events.iter().enumerate() {
         values.clear();
@@ -274,12 +292,12 @@ fn check_in_order(
         prop_assert_eq!(values.len(), features.len());
         prop_assert_eq!(
             outcome.beyond_retention,
-            reference_beyond_retention(events, i, &features, retention_ms),
+            reference_beyond_retention(events, i, &features, &retention_ms),
             "event #{} t={}: beyond-retention flag",
             i,
             e.event_time_ms
         );
-        for (f, got) in features.iter().zip(&values) {
+        for ((f, got), &retention_ms) in features.iter().zip(&values).zip(&retention_ms) {
             let want = reference_value(events, i, f, retention_ms);
             prop_assert!(
                 !(*got == FeatureValue::Null && want != FeatureValue::Null),

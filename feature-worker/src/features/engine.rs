@@ -40,9 +40,10 @@ pub struct StateConfig {
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
     /// Per-key state retention, measured against the key's own newest event time: buckets are
-    /// kept for events up to this far behind it. The effective retention is the larger of this
-    /// and the longest window plus `allowed_lateness`. An event older than its key's newest by
-    /// more is decided `beyond_retention` from what is retained.
+    /// kept for events up to this far behind it. The effective retention of a key is the
+    /// larger of this and its feature group's (entity's) longest window plus
+    /// `allowed_lateness`. An event older than its key's newest by more is decided
+    /// `beyond_retention` from what is retained.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
     /// Extra idle time before a key expires, on top of the retention (idle time is
@@ -108,17 +109,12 @@ impl StateStats {
     }
 }
 
-/// The effective retention: the larger of the configured one and the longest window plus the
-/// allowed lateness.
-pub fn retention_ms_of(set: &FeatureSet, config: &StateConfig) -> i64 {
-    let longest_window_ms = set
-        .groups()
-        .iter()
-        .map(FeatureGroup::longest_window_ms)
-        .max()
-        .unwrap_or(0);
+/// The effective retention of a group's keys: the larger of the configured one and the
+/// group's longest window plus the allowed lateness.
+pub fn retention_ms_of(group: &FeatureGroup, config: &StateConfig) -> i64 {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    longest_window_ms
+    group
+        .longest_window_ms()
         .saturating_add(ms(config.allowed_lateness))
         .max(ms(config.retention))
 }
@@ -196,7 +192,8 @@ pub struct FeatureEngine {
     cache: Cache<StateKey, Arc<Slot>, StateHasher>,
     stats: Arc<StateStats>,
     config: StateConfig,
-    retention_ms: i64,
+    /// Per group: the effective key retention.
+    retention_ms: Vec<i64>,
 }
 
 impl std::fmt::Debug for FeatureEngine {
@@ -214,12 +211,17 @@ impl FeatureEngine {
     pub fn new(set: FeatureSet, config: StateConfig) -> Self {
         let set = Arc::new(set);
         let stats = Arc::new(StateStats::default());
-        // One time-to-idle for all keys: the retention + grace. (Per-group expiry through
-        // moka's timer wheel cost ~15% of the per-event time in the benchmark; size eviction
-        // still bounds memory.)
-        let retention_ms = retention_ms_of(&set, &config);
-        let time_to_idle =
-            Duration::from_millis(retention_ms.unsigned_abs()).saturating_add(config.idle_grace);
+        // One time-to-idle for all keys: the longest retention + grace. (Per-group expiry
+        // through moka's timer wheel cost ~15% of the per-event time in the benchmark; size
+        // eviction still bounds memory.)
+        let retention_ms: Vec<i64> = set
+            .groups()
+            .iter()
+            .map(|g| retention_ms_of(g, &config))
+            .collect();
+        let longest_retention_ms = retention_ms.iter().copied().max().unwrap_or(0);
+        let time_to_idle = Duration::from_millis(longest_retention_ms.unsigned_abs())
+            .saturating_add(config.idle_grace);
         let group_names: Vec<String> = set.groups().iter().map(|g| g.key_spec().name()).collect();
         let listener_stats = Arc::clone(&stats);
         let cache = Cache::builder()
@@ -262,9 +264,10 @@ impl FeatureEngine {
         }
     }
 
-    /// The effective per-key retention (see [`StateConfig::retention`]).
-    pub fn retention_ms(&self) -> i64 {
-        self.retention_ms
+    /// The effective retention of the keys of group `group_idx` (see
+    /// [`StateConfig::retention`]); 0 for an unknown group.
+    pub fn retention_ms(&self, group_idx: usize) -> i64 {
+        self.retention_ms.get(group_idx).copied().unwrap_or(0)
     }
 
     pub fn feature_set(&self) -> &FeatureSet {
@@ -340,7 +343,8 @@ impl FeatureEngine {
         let slot = self.slot(group, key, g);
         let (outcome, bytes) = {
             let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let outcome = st.update_and_read(g.features(), event, self.retention_ms, out);
+            let outcome =
+                st.update_and_read(g.features(), event, self.retention_ms(group_idx), out);
             (outcome, st.approx_bytes())
         };
         if outcome.out_of_order {
@@ -818,7 +822,7 @@ mod tests {
                 ..StateConfig::default()
             },
         );
-        assert_eq!(e.retention_ms(), 3_600_000);
+        assert_eq!(e.retention_ms(0), 3_600_000);
         let h = 3_600_000;
         let key = "c1";
         let rows = run(
