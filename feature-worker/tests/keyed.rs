@@ -72,6 +72,9 @@ fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
         out_of_orderness: Duration::from_millis(OUT_OF_ORDERNESS_MS as u64),
         // Longer than any gap in the test's production, so no source goes idle mid-stream.
         idle_timeout: Duration::from_millis(3000),
+        // Decide on arrival: every entity's processing order is its partition's order, which
+        // the reference reproduces (a reorder wait would make it depend on wall-clock timing).
+        reorder_wait: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(10),
         mode: WorkerMode::Keyed,
         ..WorkerConfig::default()

@@ -303,8 +303,16 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
     assert_eq!(metric(&m, events, &["result=\"dlq\""]), 1.0, "{m}");
     assert_eq!(metric(&m, events, &["result=\"decided\""]), 2.0, "{m}");
     let timeliness = "riskstream_worker_event_timeliness_total";
-    assert_eq!(metric(&m, timeliness, &["timeliness=\"on_time\""]), 1.0, "{m}");
-    assert_eq!(metric(&m, timeliness, &["timeliness=\"too_late\""]), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, timeliness, &["timeliness=\"on_time\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, timeliness, &["timeliness=\"too_late\""]),
+        1.0,
+        "{m}"
+    );
     assert_eq!(
         metric(&m, "riskstream_worker_decisions_total", &[]),
         2.0,

@@ -1,8 +1,9 @@
 //! The state stage of keyed mode: owns the window state of the entities of its repartition
 //! partitions. Per partition it tracks the input watermark (the minimum over the source
 //! partitions of their latest watermark, idle sources excluded; it drives nothing a decision
-//! waits for), processes envelopes on arrival, in partition order, each into its own
-//! event-time buckets (late ones too), and emits one partial per (event, group) to the results
+//! waits for), processes envelopes on arrival (after the short `worker.reorder_wait`, which
+//! sorts what arrives within it by event time), each into its own event-time buckets (late
+//! ones too), and emits one partial per (event, group) to the results
 //! topic. The order of one entity's events is the order of its repartition partition: the
 //! order of its source partition when all its events come from one, otherwise the order in
 //! which the routers' records landed (docs/features.md).
@@ -32,7 +33,7 @@ use super::{
     partition_count, repartition_of, replay, stage_consumer,
 };
 use crate::app::{WorkerState, send_with_retry};
-use crate::stream::OffsetTracker;
+use crate::stream::{ClockConfig, OffsetTracker, PartitionClock};
 
 /// The input watermark of one repartition partition: the minimum over the source partitions of
 /// the latest watermark each published; idle sources do not count until they publish again.
@@ -119,6 +120,8 @@ struct Item {
 struct Partition {
     watermark: InputWatermark,
     dedup: Dedup,
+    /// The reorder wait (`worker.reorder_wait`) of live envelopes; its lateness is unused.
+    reorder: PartitionClock<Item>,
     tracker: OffsetTracker,
 }
 
@@ -182,6 +185,17 @@ impl StateStage {
         loop {
             self.handle_revocations();
             let reading = self.in_flight.len() < max_in_flight;
+            let deadline = self
+                .parts
+                .values()
+                .filter_map(|p| p.reorder.next_deadline())
+                .min();
+            let wait_over = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -193,8 +207,11 @@ impl StateStage {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
+                _ = wait_over => self.release_due(Instant::now(), false),
             }
         }
+        // What still waits is processed now (its partials are produced and committed).
+        self.release_due(Instant::now(), true);
         let deadline = Instant::now() + self.state.config.worker.shutdown_timeout;
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -230,10 +247,30 @@ impl StateStage {
         tracing::info!(partitions = ?revoked, dropped_keys = dropped, "state of revoked partitions dropped");
     }
 
+    /// Processes the envelopes whose reorder wait is over (`all`: every waiting one).
+    fn release_due(&mut self, now: Instant, all: bool) {
+        let qs: Vec<i32> = self.parts.keys().copied().collect();
+        for q in qs {
+            let ready = match self.parts.get_mut(&q) {
+                Some(part) if all => part.reorder.release_all(),
+                Some(part) => part.reorder.release(now),
+                None => continue,
+            };
+            for (item, _) in ready {
+                self.process(q, item, true);
+            }
+        }
+    }
+
     fn new_partition(&self) -> Partition {
         Partition {
             watermark: InputWatermark::new(self.source_partitions),
             dedup: Dedup::default(),
+            reorder: PartitionClock::new(ClockConfig {
+                out_of_orderness_ms: 0,
+                allowed_lateness_ms: 0,
+                reorder_wait: self.state.config.worker.reorder_wait,
+            }),
             tracker: OffsetTracker::default(),
         }
     }
@@ -334,8 +371,27 @@ impl StateStage {
                 }
             }
         }
-        if let Some(item) = fresh {
-            self.process(q, item, live);
+        let Some(item) = fresh else {
+            return;
+        };
+        if !live {
+            // Restoring: in partition order (the live reorder wait only ever swapped events
+            // less than `reorder_wait` apart in arrival; the state it leaves is the same but
+            // for the order of equal-time `last` entries).
+            self.process(q, item, false);
+            return;
+        }
+        let now = Instant::now();
+        let ready = match self.parts.get_mut(&q) {
+            Some(part) => {
+                let (t, id) = (item.event.event_time_ms, item.event.event_id);
+                part.reorder.admit(t, id, item, now);
+                part.reorder.release(now)
+            }
+            None => Vec::new(),
+        };
+        for (item, _) in ready {
+            self.process(q, item, true);
         }
     }
 
