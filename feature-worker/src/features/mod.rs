@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 mod state;
+pub mod window_output;
 
 pub use config::{
     Aggregation, EventField, Feature, FeatureDef, FeatureGroup, FeatureSet, FilterDef, KeySpec,
