@@ -119,15 +119,20 @@ fn bucket_index<T>(dq: &mut VecDeque<(i64, T)>, b: i64, new: impl FnOnce() -> T)
     i
 }
 
-/// The buckets with start in `[lo, hi]`.
+/// The buckets with start in `[lo, hi]`. The end is found from the back (the newest bucket, in
+/// order; a binary search for a late event), the start by walking back from it over the
+/// window's buckets only: the retained history before the window is never touched.
 #[inline]
 fn in_range<T>(dq: &VecDeque<(i64, T)>, lo: i64, hi: i64) -> impl Iterator<Item = &T> {
-    let end = if dq.back().is_some_and(|x| x.0 <= hi) {
+    let end = if dq.back().is_none_or(|x| x.0 <= hi) {
         dq.len()
     } else {
         dq.partition_point(|x| x.0 <= hi)
     };
-    let start = dq.partition_point(|x| x.0 < lo).min(end);
+    let mut start = end;
+    while start > 0 && dq[start - 1].0 >= lo {
+        start -= 1;
+    }
     dq.range(start..end).map(|x| &x.1)
 }
 
