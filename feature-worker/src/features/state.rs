@@ -45,7 +45,11 @@ enum FeatureState {
     Distinct(Box<DistinctState>),
     /// `last`: (event time, value) of every passing event with a value, sorted by time
     /// (equal times in processing order).
-    Last(VecDeque<(i64, LastValue)>),
+    Last {
+        entries: VecDeque<(i64, LastValue)>,
+        /// Bytes of the text values in `entries` (for the weigher, without a scan).
+        text_bytes: usize,
+    },
     /// `time_since_last`: times of the passing events, sorted.
     Since(VecDeque<i64>),
 }
@@ -56,6 +60,8 @@ struct DistinctState {
     exact: Vec<(u64, i64)>,
     /// Number of distinct hashes in `exact`.
     exact_values: u32,
+    /// The oldest bucket in `exact` (`i64::MAX`: none), so expiry needs no scan.
+    exact_oldest_ms: i64,
     /// Sketch mode (non-empty): one HyperLogLog per non-empty bucket, sorted by start.
     sketch: VecDeque<(i64, Hll)>,
     /// HyperLogLog precision of the sketches.
@@ -154,10 +160,14 @@ impl KeyState {
                 Aggregation::DistinctCount => FeatureState::Distinct(Box::new(DistinctState {
                     exact: Vec::new(),
                     exact_values: 0,
+                    exact_oldest_ms: i64::MAX,
                     sketch: VecDeque::new(),
                     precision: f.hll_precision,
                 })),
-                Aggregation::Last => FeatureState::Last(VecDeque::new()),
+                Aggregation::Last => FeatureState::Last {
+                    entries: VecDeque::new(),
+                    text_bytes: 0,
+                },
                 Aggregation::TimeSinceLast => FeatureState::Since(VecDeque::new()),
             })
             .collect();
@@ -297,7 +307,10 @@ impl FeatureState {
                 }
                 d.read(bd.lo, bd.hi)
             }
-            FeatureState::Last(entries) => {
+            FeatureState::Last {
+                entries,
+                text_bytes,
+            } => {
                 let i = after(entries, t_ms, |x| x.0);
                 let prev = last_before(entries, i, bd.lo);
                 if passes {
@@ -309,6 +322,7 @@ impl FeatureState {
                             .map(|s| LastValue::Text(s.into())),
                     };
                     if let Some(value) = value {
+                        *text_bytes += text_len(&value);
                         entries.insert(i, (t_ms, value));
                     }
                 }
@@ -333,7 +347,16 @@ impl FeatureState {
             FeatureState::Numeric(b) => expire(b, keep),
             FeatureState::Extreme(b) => expire(b, keep),
             FeatureState::Distinct(d) => d.expire(keep),
-            FeatureState::Last(b) => expire(b, keep),
+            FeatureState::Last {
+                entries,
+                text_bytes,
+            } => {
+                while entries.front().is_some_and(|x| x.0 < keep) {
+                    if let Some((_, v)) = entries.pop_front() {
+                        *text_bytes = text_bytes.saturating_sub(text_len(&v));
+                    }
+                }
+            }
             FeatureState::Since(times) => {
                 while times.front().is_some_and(|x| *x < keep) {
                     times.pop_front();
@@ -354,7 +377,7 @@ impl FeatureState {
                 in_range(buckets, bd.lo, bd.hi).copied(),
             ),
             FeatureState::Distinct(d) => d.read(bd.lo, bd.hi),
-            FeatureState::Last(entries) => {
+            FeatureState::Last { entries, .. } => {
                 last_before(entries, after(entries, t_ms, |x| x.0), bd.lo)
             }
             FeatureState::Since(times) => {
@@ -375,16 +398,10 @@ impl FeatureState {
                     // Dense registers: 6 bits each; a sparse sketch is smaller.
                     + d.sketch.len() * ((1usize << d.precision) * 3 / 4)
             }
-            FeatureState::Last(entries) => {
-                entries.capacity() * size_of::<(i64, LastValue)>()
-                    + entries
-                        .iter()
-                        .map(|(_, v)| match v {
-                            LastValue::Text(t) => t.len(),
-                            LastValue::Num(_) => 0,
-                        })
-                        .sum::<usize>()
-            }
+            FeatureState::Last {
+                entries,
+                text_bytes,
+            } => entries.capacity() * size_of::<(i64, LastValue)>() + text_bytes,
             FeatureState::Since(times) => times.capacity() * size_of::<i64>(),
         }
     }
@@ -396,6 +413,13 @@ fn count_value(buckets: &VecDeque<(i64, u32)>, bd: Bounds) -> FeatureValue {
             .map(|n| u64::from(*n))
             .sum::<u64>() as f64,
     )
+}
+
+fn text_len(v: &LastValue) -> usize {
+    match v {
+        LastValue::Text(t) => t.len(),
+        LastValue::Num(_) => 0,
+    }
 }
 
 /// The entry before index `i` (the previous event), if inside the window.
@@ -458,6 +482,7 @@ impl DistinctState {
         let seen =
             (i > 0 && self.exact[i - 1].0 == h) || self.exact.get(i).is_some_and(|x| x.0 == h);
         self.exact.insert(i, (h, b));
+        self.exact_oldest_ms = self.exact_oldest_ms.min(b);
         if !seen {
             self.exact_values += 1;
             if self.exact_values > exact_limit {
@@ -475,6 +500,7 @@ impl DistinctState {
             self.insert_sketch(h, b);
         }
         self.exact_values = 0;
+        self.exact_oldest_ms = i64::MAX;
     }
 
     fn expire(&mut self, keep: i64) {
@@ -483,9 +509,10 @@ impl DistinctState {
             // Once every sketch bucket expired the feature is exact again.
             return;
         }
-        if self.exact.iter().any(|x| x.1 < keep) {
+        if self.exact_oldest_ms < keep {
             self.exact.retain(|x| x.1 >= keep);
             self.exact_values = distinct_hashes(self.exact.iter().map(|x| x.0));
+            self.exact_oldest_ms = self.exact.iter().map(|x| x.1).min().unwrap_or(i64::MAX);
         }
     }
 
