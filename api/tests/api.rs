@@ -423,7 +423,7 @@ fn decision(account: &str, event_time_ms: i64, outcome: Outcome) -> Decision {
         models: Vec::new(),
         rules_version: "r1".into(),
         late: false,
-        watermark_lag_ms: 0,
+        lateness_ms: 0,
         processing_latency_us: 10,
     }
 }

@@ -120,10 +120,13 @@ pub struct Decision {
     /// Version of the rule set that ran.
     #[serde(default)]
     pub rules_version: String,
-    /// The event arrived behind the watermark by more than the allowed lateness.
+    /// The event arrived behind its partition's watermark (`lateness_ms > 0`). It was still
+    /// scored with event-time features (docs/features.md).
     pub late: bool,
-    /// How far the event's time was behind its partition's watermark at arrival (0 if ahead).
-    pub watermark_lag_ms: i64,
+    /// How far the event's time was behind its partition's watermark at arrival (0 if not).
+    /// Written `lateness_ms`; `watermark_lag_ms` (its old name) is read too.
+    #[serde(alias = "watermark_lag_ms")]
+    pub lateness_ms: i64,
     /// Time from the worker reading the event to the decision being produced, microseconds.
     pub processing_latency_us: u64,
 }

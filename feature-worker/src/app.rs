@@ -6,7 +6,7 @@
 //! every output of that event and of every earlier event of its partition was acknowledged by
 //! Kafka; outputs are retried with backoff until acknowledged or shutdown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::features::{FeatureEngine, FeatureSet};
 use crate::metrics::WorkerMetrics;
 use crate::scoring::{DecideContext, FeatureCatalog, FeatureKind, Scorer};
-use crate::stream::{Admission, ClockConfig, OffsetTracker, PartitionClock};
+use crate::stream::{ClockConfig, Lateness, OffsetTracker, PartitionClock};
 
 /// Start-up and run-time failures of the worker.
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +298,7 @@ impl Loop {
         let clock_cfg = ClockConfig {
             out_of_orderness_ms: w.out_of_orderness.as_millis() as i64,
             allowed_lateness_ms: w.state.allowed_lateness.as_millis() as i64,
-            idle_timeout: w.idle_timeout,
+            reorder_wait: w.reorder_wait,
         };
         // Events already on the topic were validated by whoever wrote them; here the decoder
         // only guards against poison (no partition-key or skew rule applies).
@@ -321,13 +321,22 @@ impl Loop {
 
     async fn run(&mut self, shutdown: CancellationToken) {
         let max_in_flight = self.state.config.worker.max_in_flight;
-        let mut tick =
-            tokio::time::interval(self.clock_cfg.idle_timeout.max(Duration::from_millis(1)) / 2);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = self.consumer.clone();
         loop {
             self.handle_revocations();
             let reading = self.in_flight.len() < max_in_flight;
+            // The end of the oldest reorder wait (none with `reorder_wait = 0`).
+            let deadline = self
+                .clocks
+                .values()
+                .filter_map(PartitionClock::next_deadline)
+                .min();
+            let wait_over = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -343,7 +352,7 @@ impl Loop {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = tick.tick() => self.release_all(Instant::now()),
+                _ = wait_over => self.release_all(Instant::now()),
             }
         }
         // Drain: decide what is buffered, then wait (bounded) for every acknowledgement.
@@ -351,9 +360,8 @@ impl Loop {
         let parts: Vec<i32> = self.clocks.keys().copied().collect();
         for p in parts {
             if let Some(clock) = self.clocks.get_mut(&p) {
-                let ready = clock.release(Instant::now() + Duration::from_secs(86_400));
-                for pending in ready {
-                    self.decide(pending, false, 0);
+                for (pending, lateness) in clock.release_all() {
+                    self.decide(pending, lateness);
                 }
             }
         }
@@ -428,21 +436,14 @@ impl Loop {
             .entry(p)
             .or_insert_with(|| PartitionClock::new(self.clock_cfg));
         let (t, id) = (pending.event.event_time_ms, pending.event.event_id);
-        match clock.admit(t, id, pending, read_at) {
-            (Admission::Buffered, _) => {}
-            (Admission::Late { lag_ms }, Some(pending)) => {
-                self.state.metrics.event("late");
-                self.decide(pending, true, lag_ms);
-            }
-            (Admission::Late { .. }, None) => {}
-        }
+        clock.admit(t, id, pending, read_at);
         let ready = self
             .clocks
             .get_mut(&p)
             .map(|c| c.release(read_at))
             .unwrap_or_default();
-        for pending in ready {
-            self.decide(pending, false, 0);
+        for (pending, lateness) in ready {
+            self.decide(pending, lateness);
         }
     }
 
@@ -451,13 +452,15 @@ impl Loop {
         for clock in self.clocks.values_mut() {
             ready.extend(clock.release(now));
         }
-        for pending in ready {
-            self.decide(pending, false, 0);
+        for (pending, lateness) in ready {
+            self.decide(pending, lateness);
         }
     }
 
-    /// Computes features and the decision for one event and sends its outputs.
-    fn decide(&mut self, pending: Pending, late: bool, lag_ms: i64) {
+    /// Computes features and the decision for one event (on time or late: features on event
+    /// time either way) and sends its outputs.
+    fn decide(&mut self, pending: Pending, lateness: Lateness) {
+        let late = lateness.late();
         let span = tracing::info_span!(
             "process event",
             otel.name = "riskstream.worker.process",
@@ -473,29 +476,25 @@ impl Loop {
         let engine = &self.state.engine;
         let features_span =
             tracing::info_span!("features.update", otel.name = "riskstream.features.update");
-        let features = features_span.in_scope(|| {
-            if late {
-                // A late event is not added to state and gets no feature values.
-                engine
-                    .feature_set()
-                    .features()
-                    .map(|f| (f.name().to_string(), FeatureValue::Null))
-                    .collect()
-            } else {
-                engine.process_all(&pending.event)
-            }
+        let (features, outcome) = features_span.in_scope(|| {
+            let mut values = Vec::with_capacity(engine.feature_set().len());
+            let outcome = engine.process_event_into(&pending.event, &mut values);
+            let named: BTreeMap<String, FeatureValue> = engine
+                .feature_set()
+                .features()
+                .map(|f| f.name().to_string())
+                .zip(values)
+                .collect();
+            (named, outcome)
         });
-        let lag = if late {
-            lag_ms
-        } else {
-            self.clocks
-                .get(&pending.partition)
-                .map_or(0, |c| c.lag_ms(pending.event.event_time_ms))
-        };
+        self.state
+            .metrics
+            .timeliness(timeliness_label(lateness, outcome.beyond_retention));
         let ctx = DecideContext {
             trace_id: trace.trace_id_hex(),
             late,
-            watermark_lag_ms: lag,
+            lateness_ms: lateness.lateness_ms,
+            beyond_retention: outcome.beyond_retention,
             started: pending.read_at,
         };
         let decision = tracing::info_span!("score", otel.name = "riskstream.score")
@@ -514,7 +513,7 @@ impl Loop {
         );
         let out_trace = link_span(&produce_span, Some(&trace));
         let (p, o) = (pending.partition, pending.offset);
-        let late_copy = late.then(|| LateCopy {
+        let late_copy = lateness.too_late.then(|| LateCopy {
             topic: topics.events_late.clone(),
             key: pending.key,
             payload: pending.payload,
@@ -561,6 +560,21 @@ impl Loop {
     }
 }
 
+/// The metric label of an event's timeliness: `on_time`, `late` (behind the watermark within
+/// the allowed lateness), `too_late` (beyond it: also copied to the late topic) or
+/// `beyond_retention` (older than its key's state retention).
+pub(crate) fn timeliness_label(lateness: Lateness, beyond_retention: bool) -> &'static str {
+    if beyond_retention {
+        "beyond_retention"
+    } else if lateness.too_late {
+        "too_late"
+    } else if lateness.late() {
+        "late"
+    } else {
+        "on_time"
+    }
+}
+
 /// A late event's original record, copied to the late topic beside its decision.
 pub(crate) struct LateCopy {
     pub topic: String,
@@ -594,7 +608,7 @@ pub(crate) async fn send_decision(
             (header::TRACEPARENT, child.as_str()),
             (
                 header::DLQ_REASON,
-                "event later than the watermark minus the allowed lateness",
+                "event behind the watermark by more than the allowed lateness (decided, with event-time features)",
             ),
         ]);
         send_with_retry(

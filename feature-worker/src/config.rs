@@ -38,9 +38,16 @@ pub struct WorkerConfig {
     /// Bounded out-of-orderness: the watermark is the newest event time seen minus this.
     #[serde(with = "humantime_serde")]
     pub out_of_orderness: Duration,
-    /// A partition with no new event for this long releases its reorder buffer.
+    /// Keyed mode: a source partition with no new event for this long is marked idle so it
+    /// does not hold the input watermark back (watermarks drive only lateness flags, state
+    /// expiry and window outputs; no decision waits for them).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest wall time an event waits for earlier-timed events of its partition before it is
+    /// decided (disorder within it is undone before features are computed). Every decision
+    /// can be this much later; `0s` decides on arrival.
+    #[serde(with = "humantime_serde")]
+    pub reorder_wait: Duration,
     /// Most events read but not yet acknowledged downstream (backpressure beyond it).
     pub max_in_flight: usize,
     /// Bound on draining at shutdown.
@@ -76,12 +83,10 @@ impl Default for WorkerConfig {
             features_path: DEFAULT_FEATURES_PATH.into(),
             out_of_orderness: Duration::from_millis(10),
             idle_timeout: Duration::from_millis(10),
+            reorder_wait: Duration::from_millis(2),
             max_in_flight: 20_000,
             shutdown_timeout: Duration::from_secs(15),
-            state: StateConfig {
-                allowed_lateness: Duration::ZERO,
-                ..StateConfig::default()
-            },
+            state: StateConfig::default(),
             scoring: ScoringConfig::default(),
             rules_poll_interval: Duration::from_secs(1),
             control_catch_up_timeout: Duration::from_secs(10),

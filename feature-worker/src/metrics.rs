@@ -21,6 +21,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimelinessLabel {
+    pub timeliness: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabel {
     pub cause: String,
 }
@@ -28,8 +33,10 @@ pub struct CauseLabel {
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Arc<Registry>,
-    /// Events by what happened to them: `decided`, `late`, `dlq`.
+    /// Events by what happened to them: `decided`, `dlq`.
     pub events: Family<ResultLabel, Counter>,
+    /// Decided events by timeliness: `on_time`, `late`, `too_late`, `beyond_retention`.
+    pub timeliness: Family<TimelinessLabel, Counter>,
     pub decisions: Family<OutcomeLabel, Counter>,
     pub processing_latency: Histogram,
     pub state_keys: Gauge,
@@ -42,6 +49,7 @@ impl WorkerMetrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("riskstream_worker");
         let events = Family::<ResultLabel, Counter>::default();
+        let timeliness = Family::<TimelinessLabel, Counter>::default();
         let decisions = Family::<OutcomeLabel, Counter>::default();
         let processing_latency = latency_histogram();
         let state_keys = Gauge::default();
@@ -49,8 +57,13 @@ impl WorkerMetrics {
         let state_evictions = Family::<CauseLabel, Counter>::default();
         r.register(
             "events",
-            "Events read, by result (decided, late, dlq)",
+            "Events read, by result (decided, dlq)",
             events.clone(),
+        );
+        r.register(
+            "event_timeliness",
+            "Decided events by timeliness: on_time, late (behind the watermark, within the allowed lateness), too_late (beyond it; copied to the late topic), beyond_retention (older than the key's state retention)",
+            timeliness.clone(),
         );
         r.register("decisions", "Decisions by outcome", decisions.clone());
         r.register(
@@ -76,6 +89,7 @@ impl WorkerMetrics {
         Self {
             registry: Arc::new(r),
             events,
+            timeliness,
             decisions,
             processing_latency,
             state_keys,
@@ -93,10 +107,17 @@ impl WorkerMetrics {
             .inc();
     }
 
+    /// One decided event's timeliness (a fixed, low-cardinality label).
+    pub fn timeliness(&self, label: &'static str) {
+        self.timeliness
+            .get_or_create(&TimelinessLabel {
+                timeliness: label.to_string(),
+            })
+            .inc();
+    }
+
     pub fn decided(&self, d: &Decision, latency: Duration) {
-        if !d.late {
-            self.event("decided");
-        }
+        self.event("decided");
         self.decisions
             .get_or_create(&OutcomeLabel {
                 outcome: d.outcome.as_str().to_string(),

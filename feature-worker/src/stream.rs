@@ -1,46 +1,60 @@
-//! Event-time bookkeeping per source partition, synchronous and I/O-free: the watermark, the
-//! late-event rule, the reorder buffer that hands events to the feature engine in
-//! `(event_time_ms, event_id)` order, and the offset tracker that says which offset may be
-//! committed (everything before it has its output acknowledged).
+//! Event-time bookkeeping per source partition, synchronous and I/O-free: the watermark, how
+//! late each event is, the short reorder wait that hands events to the feature engine in
+//! `(event_time_ms, event_id)` order when they arrive within it, and the offset tracker that
+//! says which offset may be committed (everything before it has its output acknowledged).
 //!
-//! Semantics (see docs/features.md):
+//! Semantics (see docs/features.md, "Time, disorder and lateness"):
 //! - watermark `W = max event time seen on the partition - out_of_orderness`;
-//! - an event with `t < W - allowed_lateness` is *late*: it is not added to state, its decision
-//!   is flagged `late`, and it is copied to the late topic;
-//! - every other event waits in the reorder buffer until `t <= W - allowed_lateness`, so events
-//!   within the bound are processed in event-time order whatever order they arrived in;
-//! - an idle partition (no new event for `idle_timeout` of wall time) releases its whole buffer,
-//!   so a quiet partition never holds decisions back for long.
+//! - an event's *lateness* is `max(0, W - t)` with `W` as it was before the event: it is
+//!   *late* when that is positive and *too late* when it exceeds the allowed lateness (then it
+//!   is copied to the late topic and no longer updates window outputs);
+//! - every event, on time or late, is decided: it waits at most `reorder_wait` of wall time
+//!   (zero: not at all), and events released together come out in `(event_time_ms,
+//!   event_id)` order, so small disorder within the wait is undone before the features are
+//!   computed. Nothing ever waits for the watermark.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-/// Watermark settings.
+/// Watermark and reorder settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ClockConfig {
     pub out_of_orderness_ms: i64,
     pub allowed_lateness_ms: i64,
-    pub idle_timeout: Duration,
+    /// Longest wall time an event waits for earlier-timed events before it is decided.
+    pub reorder_wait: Duration,
 }
 
-/// What the clock did with an admitted event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Waiting in the reorder buffer.
-    Buffered,
-    /// Behind the watermark by more than the allowed lateness, by `lag_ms`.
-    Late { lag_ms: i64 },
+/// How late an event was when it arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lateness {
+    /// How far the event's time was behind the partition's watermark (0: not behind).
+    pub lateness_ms: i64,
+    /// Behind the watermark by more than the allowed lateness.
+    pub too_late: bool,
 }
 
-/// The event-time clock and reorder buffer of one source partition.
+impl Lateness {
+    /// Behind the watermark at all.
+    pub fn late(&self) -> bool {
+        self.lateness_ms > 0
+    }
+}
+
+/// Sort key of a waiting event: event time, event id, arrival sequence (duplicates kept).
+type Slot = (i64, Uuid, u64);
+
+/// The event-time clock and reorder wait of one source partition.
 #[derive(Debug)]
 pub struct PartitionClock<T> {
     cfg: ClockConfig,
     max_event_time_ms: Option<i64>,
-    last_arrival: Option<Instant>,
-    buffer: BTreeMap<(i64, Uuid), T>,
+    seq: u64,
+    waiting: BTreeMap<Slot, (T, Lateness)>,
+    /// Arrival time and slot of every waiting event, in arrival order.
+    arrivals: VecDeque<(Instant, Slot)>,
 }
 
 impl<T> PartitionClock<T> {
@@ -48,8 +62,9 @@ impl<T> PartitionClock<T> {
         Self {
             cfg,
             max_event_time_ms: None,
-            last_arrival: None,
-            buffer: BTreeMap::new(),
+            seq: 0,
+            waiting: BTreeMap::new(),
+            arrivals: VecDeque::new(),
         }
     }
 
@@ -59,62 +74,52 @@ impl<T> PartitionClock<T> {
             .map_or(i64::MIN, |m| m.saturating_sub(self.cfg.out_of_orderness_ms))
     }
 
-    /// Events up to this time may be processed (no admissible event can arrive before it).
-    fn release_bound_ms(&self) -> i64 {
-        self.watermark_ms()
-            .saturating_sub(self.cfg.allowed_lateness_ms)
-    }
-
-    /// How far `t` is behind the watermark (0 if not behind).
-    pub fn lag_ms(&self, event_time_ms: i64) -> i64 {
-        self.watermark_ms().saturating_sub(event_time_ms).max(0)
-    }
-
-    /// Admits one event: late, or buffered until its turn.
-    pub fn admit(
-        &mut self,
-        event_time_ms: i64,
-        event_id: Uuid,
-        item: T,
-        now: Instant,
-    ) -> (Admission, Option<T>) {
-        self.last_arrival = Some(now);
-        if event_time_ms < self.release_bound_ms() {
-            return (
-                Admission::Late {
-                    lag_ms: self.lag_ms(event_time_ms),
-                },
-                Some(item),
-            );
+    /// How late `t` is against the current watermark.
+    pub fn lateness_of(&self, event_time_ms: i64) -> Lateness {
+        let lateness_ms = self.watermark_ms().saturating_sub(event_time_ms).max(0);
+        Lateness {
+            lateness_ms,
+            too_late: lateness_ms > self.cfg.allowed_lateness_ms,
         }
+    }
+
+    /// Admits one event: its lateness (against the watermark before it), then the watermark
+    /// advances. The event waits until [`PartitionClock::release`] hands it out.
+    pub fn admit(&mut self, event_time_ms: i64, event_id: Uuid, item: T, now: Instant) -> Lateness {
+        let lateness = self.lateness_of(event_time_ms);
         self.max_event_time_ms = Some(
             self.max_event_time_ms
                 .map_or(event_time_ms, |m| m.max(event_time_ms)),
         );
-        self.buffer.insert((event_time_ms, event_id), item);
-        (Admission::Buffered, None)
+        self.seq += 1;
+        let slot = (event_time_ms, event_id, self.seq);
+        self.waiting.insert(slot, (item, lateness));
+        self.arrivals.push_back((now, slot));
+        lateness
     }
 
-    /// Takes the events whose turn has come, in `(event_time_ms, event_id)` order; all of them
-    /// when the partition has been idle for `idle_timeout`.
-    pub fn release(&mut self, now: Instant) -> Vec<T> {
-        let idle = self
-            .last_arrival
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.idle_timeout);
-        if idle {
-            // Idle: no event is coming to reorder against. Later events behind the (now
-            // advanced) bound will be late.
-            if let Some(&(t, _)) = self.buffer.keys().next_back() {
-                let advanced = t.saturating_add(self.cfg.out_of_orderness_ms);
-                self.max_event_time_ms =
-                    Some(self.max_event_time_ms.map_or(advanced, |m| m.max(advanced)));
+    /// Takes the events whose wait is over, with every event ordered before them (they come
+    /// out early rather than out of order), in `(event_time_ms, event_id)` order.
+    pub fn release(&mut self, now: Instant) -> Vec<(T, Lateness)> {
+        let mut bound: Option<Slot> = None;
+        while let Some(&(at, slot)) = self.arrivals.front() {
+            if !self.waiting.contains_key(&slot) {
+                // Already released early with an event ordered after it.
+                self.arrivals.pop_front();
+                continue;
             }
-            return std::mem::take(&mut self.buffer).into_values().collect();
+            if now.saturating_duration_since(at) < self.cfg.reorder_wait {
+                break;
+            }
+            self.arrivals.pop_front();
+            bound = Some(bound.map_or(slot, |b| b.max(slot)));
         }
-        let bound = self.release_bound_ms();
+        let Some(bound) = bound else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        while let Some(entry) = self.buffer.first_entry() {
-            if entry.key().0 > bound {
+        while let Some(entry) = self.waiting.first_entry() {
+            if *entry.key() > bound {
                 break;
             }
             out.push(entry.remove());
@@ -122,8 +127,22 @@ impl<T> PartitionClock<T> {
         out
     }
 
+    /// Everything waiting, in order (shutdown drain).
+    pub fn release_all(&mut self) -> Vec<(T, Lateness)> {
+        self.arrivals.clear();
+        std::mem::take(&mut self.waiting).into_values().collect()
+    }
+
+    /// When the oldest waiting event's wait ends (perhaps earlier: an event released early
+    /// still has its entry until the next release).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.arrivals
+            .front()
+            .map(|(at, _)| *at + self.cfg.reorder_wait)
+    }
+
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.waiting.len()
     }
 }
 
@@ -166,11 +185,11 @@ impl OffsetTracker {
 mod tests {
     use super::*;
 
-    fn cfg(ooo: i64, lateness: i64) -> ClockConfig {
+    fn cfg(ooo: i64, lateness: i64, wait_ms: u64) -> ClockConfig {
         ClockConfig {
             out_of_orderness_ms: ooo,
             allowed_lateness_ms: lateness,
-            idle_timeout: Duration::from_secs(3600),
+            reorder_wait: Duration::from_millis(wait_ms),
         }
     }
 
@@ -178,59 +197,73 @@ mod tests {
         Uuid::from_u128(n)
     }
 
+    fn items<T>(v: Vec<(T, Lateness)>) -> Vec<T> {
+        v.into_iter().map(|x| x.0).collect()
+    }
+
     #[test]
-    fn events_within_the_bound_come_out_in_event_time_order() {
+    fn without_a_reorder_wait_every_event_is_released_on_arrival() {
         let now = Instant::now();
-        let mut c = PartitionClock::new(cfg(100, 0));
-        for (t, n) in [(1000, 1), (950, 2), (1020, 3), (990, 4)] {
-            assert_eq!(c.admit(t, id(n), t, now).0, Admission::Buffered);
+        let mut c = PartitionClock::new(cfg(100, 0, 0));
+        for (t, n) in [(1000, 1), (950, 2), (5000, 3), (10, 4)] {
+            c.admit(t, id(n), t, now);
+            assert_eq!(items(c.release(now)), vec![t]);
         }
-        // Watermark 1020 - 100 = 920: nothing released yet.
-        assert!(c.release(now).is_empty());
-        c.admit(1100, id(5), 1100, now);
-        // Watermark 1000: 950, 990, 1000 released in order.
-        assert_eq!(c.release(now), vec![950, 990, 1000]);
-        c.admit(1300, id(6), 1300, now);
-        assert_eq!(c.release(now), vec![1020, 1100]);
-        assert_eq!(c.buffered(), 1);
+        assert_eq!(c.buffered(), 0);
+        assert_eq!(c.next_deadline(), None);
     }
 
     #[test]
-    fn events_behind_watermark_and_lateness_are_late_with_their_lag() {
-        let now = Instant::now();
-        let mut c = PartitionClock::new(cfg(100, 50));
-        c.admit(10_000, id(1), (), now);
-        // Watermark 9_900, release bound 9_850.
-        assert_eq!(c.admit(9_860, id(2), (), now).0, Admission::Buffered);
-        let (adm, back) = c.admit(9_800, id(3), (), now);
-        assert_eq!(adm, Admission::Late { lag_ms: 100 });
-        assert!(back.is_some(), "a late event is handed back, not kept");
+    fn events_arriving_within_the_wait_come_out_in_event_time_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = PartitionClock::new(cfg(100, 0, 5));
+        c.admit(1000, id(1), 1000, t0);
+        c.admit(950, id(2), 950, t0 + ms(1));
+        c.admit(1020, id(3), 1020, t0 + ms(2));
+        assert!(c.release(t0 + ms(4)).is_empty(), "nothing waited 5 ms yet");
+        assert_eq!(c.next_deadline(), Some(t0 + ms(5)));
+        // The first event's wait is over: it and the earlier-timed 950 come out, in order.
+        assert_eq!(items(c.release(t0 + ms(5))), vec![950, 1000]);
+        c.admit(990, id(4), 990, t0 + ms(6));
+        // 1020's wait is over; 990 is ordered before it, so it comes out early, in order.
+        assert_eq!(items(c.release(t0 + ms(7))), vec![990, 1020]);
+        c.admit(900, id(5), 900, t0 + ms(8));
+        assert!(c.release(t0 + ms(12)).is_empty());
+        assert_eq!(items(c.release(t0 + ms(13))), vec![900]);
+        assert_eq!(c.buffered(), 0);
     }
 
     #[test]
-    fn ties_are_broken_by_event_id() {
+    fn lateness_is_measured_against_the_watermark_before_the_event() {
         let now = Instant::now();
-        let mut c = PartitionClock::new(cfg(1, 0));
+        let mut c = PartitionClock::new(cfg(100, 50, 0));
+        assert_eq!(c.admit(10_000, id(1), (), now), Lateness::default());
+        // Watermark 9_900.
+        assert_eq!(c.admit(9_950, id(2), (), now).lateness_ms, 0);
+        let l = c.admit(9_860, id(3), (), now);
+        assert_eq!((l.lateness_ms, l.late(), l.too_late), (40, true, false));
+        let l = c.admit(9_800, id(4), (), now);
+        assert_eq!((l.lateness_ms, l.too_late), (100, true));
+        // A late event does not move the watermark; a newer one does.
+        assert_eq!(c.watermark_ms(), 9_900);
+        c.admit(20_000, id(5), (), now);
+        assert_eq!(c.watermark_ms(), 19_900);
+        // Every event is handed out, with its lateness.
+        let out = c.release(now);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[0].1.lateness_ms, 100);
+    }
+
+    #[test]
+    fn ties_are_broken_by_event_id_and_duplicates_are_kept() {
+        let now = Instant::now();
+        let mut c = PartitionClock::new(cfg(1, 0, 10));
         c.admit(5, id(9), "b", now);
         c.admit(5, id(3), "a", now);
-        c.admit(6, id(1), "c", now);
-        // Watermark 6 - 1 = 5: both events at 5 are released, by event id.
-        assert_eq!(c.release(now), vec!["a", "b"]);
-    }
-
-    #[test]
-    fn an_idle_partition_releases_everything() {
-        let t0 = Instant::now();
-        let mut c = PartitionClock::new(ClockConfig {
-            idle_timeout: Duration::from_millis(50),
-            ..cfg(1000, 0)
-        });
-        c.admit(10, id(1), 10, t0);
-        c.admit(5, id(2), 5, t0);
-        assert!(c.release(t0).is_empty());
-        assert_eq!(c.release(t0 + Duration::from_millis(60)), vec![5, 10]);
-        // An event far behind what was released is late now.
-        assert!(matches!(c.admit(4, id(3), 4, t0).0, Admission::Late { .. }));
+        c.admit(5, id(3), "a2", now);
+        c.admit(4, id(1), "c", now);
+        assert_eq!(items(c.release_all()), vec!["c", "a", "a2", "b"]);
     }
 
     #[test]

@@ -1,200 +1,66 @@
 //! The feature engine against a brute-force reference: for every event, every feature is
 //! recomputed from the full event list straight from the definitions in `docs/features.md`
-//! (entity key, filter, window bounds, aggregation; no buckets, no cache), and the engine must
-//! agree for every event and every feature (property test on random streams and feature sets,
-//! plus the shipped `config/features.toml` on a generated stream).
+//! (entity key, filter, window bounds, aggregation, per-key retention; no buckets, no cache),
+//! and the engine must agree for every event and every feature: property tests on random
+//! streams and feature sets, in order and with bounded disorder plus late bursts (minutes to
+//! an hour behind, in order among themselves, interleaved), through the worker's reorder core,
+//! plus the shipped `config/features.toml` on a generated stream.
 
-use std::collections::HashSet;
+mod support;
+
 use std::time::Duration;
 
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use riskstream_common::{Event, FeatureValue};
-use riskstream_feature_worker::features::{
-    Aggregation, Feature, FeatureEngine, FeatureSet, Predicate, Scalar, StateConfig, WindowDef,
-};
+use riskstream_feature_worker::features::{Feature, FeatureEngine, FeatureSet, StateConfig};
+use riskstream_feature_worker::stream::{ClockConfig, PartitionClock};
+use support::reference::{Reference, close};
 use uuid::Uuid;
 
-// ---------------------------------------------------------------------------------------------
-// The reference.
-
-fn ms(d: Duration) -> i64 {
-    d.as_millis() as i64
-}
-
-/// Earliest included event time for an event at `t`, straight from the window definition.
-fn window_start(w: &WindowDef, t: i64) -> i64 {
-    match *w {
-        WindowDef::Tumbling { size } => t.div_euclid(ms(size)) * ms(size),
-        WindowDef::Hopping { size, slide } => {
-            let slide = ms(slide);
-            t.div_euclid(slide) * slide + slide - ms(size)
-        }
-        WindowDef::Sliding { size, granularity } => {
-            let g = granularity.map_or(1_000, ms);
-            t.div_euclid(g) * g + g - ms(size)
-        }
+/// The state settings of the disorder tests: retention short enough that the longest late
+/// bursts go beyond it.
+fn test_state_config() -> StateConfig {
+    StateConfig {
+        allowed_lateness: Duration::from_secs(60),
+        retention: Duration::from_secs(20 * 60),
+        ..StateConfig::default()
     }
 }
 
-fn field_value(e: &Event, field: &str) -> Option<FeatureValue> {
-    if field == "amount" {
-        e.amount.map(FeatureValue::Number)
-    } else {
-        e.field_str(field)
-            .map(|s| FeatureValue::Text(s.to_string()))
-    }
-}
-
-fn scalar_eq(v: &FeatureValue, s: &Scalar) -> bool {
-    match (v, s) {
-        (FeatureValue::Number(a), Scalar::Number(b)) => a == b,
-        (FeatureValue::Text(a), Scalar::Text(b)) => a == b,
-        _ => false,
-    }
-}
-
-fn predicate_holds(e: &Event, p: &Predicate) -> bool {
-    let v = field_value(e, &p.field);
-    let num = v.as_ref().and_then(FeatureValue::as_f64);
-    if let Some(s) = &p.equals {
-        return v.is_some_and(|v| scalar_eq(&v, s));
-    }
-    if let Some(s) = &p.not_equals {
-        return v.is_none_or(|v| !scalar_eq(&v, s));
-    }
-    if let Some(list) = &p.in_list {
-        return v.is_some_and(|v| list.iter().any(|s| scalar_eq(&v, s)));
-    }
-    if let Some(list) = &p.not_in {
-        return v.is_none_or(|v| list.iter().all(|s| !scalar_eq(&v, s)));
-    }
-    if let Some(x) = p.lt {
-        return num.is_some_and(|n| n < x);
-    }
-    if let Some(x) = p.le {
-        return num.is_some_and(|n| n <= x);
-    }
-    if let Some(x) = p.gt {
-        return num.is_some_and(|n| n > x);
-    }
-    if let Some(x) = p.ge {
-        return num.is_some_and(|n| n >= x);
-    }
-    if let Some(present) = p.present {
-        return v.is_some() == present;
-    }
-    unreachable!("validated predicates have an operator")
-}
-
-fn passes(e: &Event, f: &Feature) -> bool {
-    f.def()
-        .filter
-        .as_ref()
-        .is_none_or(|fl| fl.predicates().iter().all(|p| predicate_holds(e, p)))
-}
-
-/// The entity key as the tuple of its field values (`None`: a field is missing).
-fn key_tuple(e: &Event, f: &Feature) -> Option<Vec<String>> {
-    f.def()
-        .entity
-        .split('+')
-        .map(|name| e.field_str(name.trim()).map(str::to_string))
-        .collect()
-}
-
-/// The value of feature `f` for `events[i]`, `events` being in processing order.
-fn reference_value(events: &[Event], i: usize, f: &Feature) -> FeatureValue {
-    let cur = &events[i];
-    let agg = f.aggregation();
-    let Some(key) = key_tuple(cur, f) else {
-        return if agg.zero_when_empty() {
-            FeatureValue::Number(0.0)
-        } else {
-            FeatureValue::Null
-        };
-    };
-    let def = f.def();
-    let lo = window_start(def.window.as_ref().expect("validated"), cur.event_time_ms);
-    let field = f.field().map(|fl| fl.name());
-    // Events of the key in the window up to and including the current one, passing the filter.
-    let in_window = |j: usize| {
-        let e = &events[j];
-        e.event_time_ms >= lo && key_tuple(e, f).as_ref() == Some(&key) && passes(e, f)
-    };
-    let set: Vec<&Event> = (0..=i)
-        .filter(|&j| in_window(j))
-        .map(|j| &events[j])
-        .collect();
-    let nums: Vec<f64> = set
-        .iter()
-        .filter_map(|e| {
-            field
-                .and_then(|fl| field_value(e, fl))
-                .and_then(|v| v.as_f64())
-        })
-        .collect();
-    let previous = || (0..i).rev().find(|&j| in_window(j)).map(|j| &events[j]);
-    match agg {
-        Aggregation::Count => FeatureValue::Number(set.len() as f64),
-        Aggregation::Sum => FeatureValue::Number(nums.iter().sum()),
-        Aggregation::Avg if nums.is_empty() => FeatureValue::Null,
-        Aggregation::Avg => FeatureValue::Number(nums.iter().sum::<f64>() / nums.len() as f64),
-        Aggregation::Min => nums
-            .iter()
-            .copied()
-            .reduce(f64::min)
-            .map_or(FeatureValue::Null, FeatureValue::Number),
-        Aggregation::Max => nums
-            .iter()
-            .copied()
-            .reduce(f64::max)
-            .map_or(FeatureValue::Null, FeatureValue::Number),
-        Aggregation::DistinctCount => {
-            let fl = field.expect("validated");
-            let distinct: HashSet<String> = set
-                .iter()
-                .filter_map(|e| field_value(e, fl))
-                .map(|v| format!("{v:?}"))
-                .collect();
-            FeatureValue::Number(distinct.len() as f64)
-        }
-        Aggregation::Last => {
-            let fl = field.expect("validated");
-            (0..i)
-                .rev()
-                .filter(|&j| in_window(j))
-                .find_map(|j| field_value(&events[j], fl))
-                .unwrap_or(FeatureValue::Null)
-        }
-        Aggregation::TimeSinceLast => previous().map_or(FeatureValue::Null, |p| {
-            FeatureValue::Number((cur.event_time_ms - p.event_time_ms) as f64)
-        }),
-    }
-}
-
-fn close(a: &FeatureValue, b: &FeatureValue) -> bool {
-    match (a, b) {
-        (FeatureValue::Number(x), FeatureValue::Number(y)) => {
-            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
-        }
-        _ => a == b,
-    }
-}
-
-/// Sorts into processing order, runs the engine and compares every value with the reference.
-fn check(set: FeatureSet, mut events: Vec<Event>) -> Result<(), TestCaseError> {
-    events.sort_by_key(|e| (e.event_time_ms, e.event_id));
+/// Runs the engine over `events` in the given (processing) order and compares every value,
+/// and the beyond-retention flag, with the reference.
+fn check_in_order(
+    set: FeatureSet,
+    events: &[Event],
+    config: StateConfig,
+) -> Result<(), TestCaseError> {
     let features: Vec<Feature> = set.features().cloned().collect();
-    let engine = FeatureEngine::new(set, StateConfig::default());
+    let engine = FeatureEngine::new(set, config.clone());
+    let reference = Reference::new(events, &features, &config);
     let mut values = Vec::new();
     for (i, e) in events.iter().enumerate() {
         values.clear();
-        engine.process_event_into(e, &mut values);
+        let outcome = engine.process_event_into(e, &mut values);
         prop_assert_eq!(values.len(), features.len());
-        for (f, got) in features.iter().zip(&values) {
-            let want = reference_value(&events, i, f);
+        prop_assert_eq!(
+            outcome.beyond_retention,
+            reference.beyond_retention(i),
+            "event #{} t={}: beyond-retention flag",
+            i,
+            e.event_time_ms
+        );
+        for (fi, (f, got)) in features.iter().zip(&values).enumerate() {
+            let want = reference.value(i, fi);
+            prop_assert!(
+                !(*got == FeatureValue::Null && want != FeatureValue::Null),
+                "event #{} t={} feature {}: null where the reference has {:?}",
+                i,
+                e.event_time_ms,
+                f.name(),
+                want
+            );
             prop_assert!(
                 close(got, &want),
                 "event #{} ({:?} t={}) feature {}: engine {:?}, reference {:?}",
@@ -208,6 +74,32 @@ fn check(set: FeatureSet, mut events: Vec<Event>) -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// Sorts into event-time order, runs the engine and compares every value with the reference.
+fn check(set: FeatureSet, mut events: Vec<Event>) -> Result<(), TestCaseError> {
+    events.sort_by_key(|e| (e.event_time_ms, e.event_id));
+    check_in_order(set, &events, StateConfig::default())
+}
+
+/// Feeds `arrivals` (in arrival order, one per millisecond of simulated wall time) through the
+/// worker's reorder core with `reorder_wait_ms`, and returns the order the events are handed
+/// to the feature engine.
+fn processing_order(arrivals: Vec<Event>, reorder_wait_ms: u64) -> Vec<Event> {
+    let t0 = std::time::Instant::now();
+    let mut clock = PartitionClock::new(ClockConfig {
+        out_of_orderness_ms: 10,
+        allowed_lateness_ms: 60_000,
+        reorder_wait: Duration::from_millis(reorder_wait_ms),
+    });
+    let mut out = Vec::with_capacity(arrivals.len());
+    for (n, e) in arrivals.into_iter().enumerate() {
+        let now = t0 + Duration::from_millis(n as u64);
+        clock.admit(e.event_time_ms, e.event_id, e, now);
+        out.extend(clock.release(now).into_iter().map(|(e, _)| e));
+    }
+    out.extend(clock.release_all().into_iter().map(|(e, _)| e));
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,6 +223,152 @@ proptest! {
         events in prop::collection::vec(arb_event(), 1..120),
     ) {
         check(set, events)?;
+    }
+}
+
+/// A stream in arrival order: an on-time stream (event times a few hundred ms apart, spread
+/// over about an hour and a half) shuffled by up to `disorder_ms`, with late bursts
+/// interleaved: each burst is a run of events of one card, in order among themselves, 5 to 60
+/// minutes behind the point of the stream where it arrives.
+fn disordered_stream(seed: u64, n: usize, disorder_ms: i64, bursts: usize) -> Vec<Event> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let template = |rng: &mut ChaCha8Rng, t: i64, card: Option<String>| {
+        let amount = rng
+            .random_bool(0.9)
+            .then(|| f64::from(rng.random_range(1..500u32)) / 100.0);
+        Event {
+            event_id: Uuid::from_u128(rng.random()),
+            event_time_ms: t,
+            account_id: Some(["a1", "a2"][rng.random_range(0..2)].into()),
+            card_id: card.or_else(|| {
+                rng.random_bool(0.9)
+                    .then(|| format!("c{}", rng.random_range(0..4)))
+            }),
+            device_id: Some(["d1", "d2"][rng.random_range(0..2)].into()),
+            ip: None,
+            merchant_id: rng
+                .random_bool(0.8)
+                .then(|| ["m1", "m2"][rng.random_range(0..2)].into()),
+            email: None,
+            currency: amount.map(|_| "EUR".to_string()),
+            amount,
+            country: rng
+                .random_bool(0.9)
+                .then(|| ["DE", "FR", "US"][rng.random_range(0..3)].into()),
+            channel: None,
+            event_type: Some(
+                if rng.random_bool(0.85) {
+                    "payment"
+                } else {
+                    "refund"
+                }
+                .into(),
+            ),
+            attributes: Default::default(),
+        }
+    };
+    let mut t = 10_000_000i64;
+    let mut on_time: Vec<(i64, Event)> = (0..n)
+        .map(|_| {
+            // Mostly sub-second gaps, now and then minutes (so an hour and more is covered).
+            t += if rng.random_bool(0.03) {
+                rng.random_range(60_000..600_000)
+            } else {
+                rng.random_range(0..1_500)
+            };
+            let e = template(&mut rng, t, None);
+            (t + rng.random_range(0..=disorder_ms), e)
+        })
+        .collect();
+    // Shuffled by up to `disorder_ms`: arrival order is by (time + delay).
+    on_time.sort_by_key(|(arrival, e)| (*arrival, e.event_id));
+    let mut arrivals: Vec<Event> = on_time.into_iter().map(|(_, e)| e).collect();
+    for _ in 0..bursts {
+        let at = rng.random_range(0..=arrivals.len());
+        let front_ms = arrivals[..at]
+            .iter()
+            .map(|e| e.event_time_ms)
+            .max()
+            .unwrap_or(t);
+        let behind_ms = rng.random_range(5 * 60_000..=3_600_000);
+        let card = Some(format!("c{}", rng.random_range(0..4)));
+        let mut bt = front_ms - behind_ms;
+        let burst: Vec<Event> = (0..rng.random_range(3..12))
+            .map(|_| {
+                bt += rng.random_range(0..2_000);
+                template(&mut rng, bt, card.clone())
+            })
+            .collect();
+        // Interleave: the burst's events arrive in order, mixed with the on-time stream.
+        let mut pos = at;
+        for e in burst {
+            pos = (pos + rng.random_range(0..3)).min(arrivals.len());
+            arrivals.insert(pos, e);
+            pos += 1;
+        }
+    }
+    arrivals
+}
+
+/// Windows from sub-second to ten minutes.
+fn arb_long_window() -> impl Strategy<Value = String> {
+    prop_oneof![
+        arb_window(),
+        (0usize..3, 1i64..11).prop_map(|(kind, k)| match kind {
+            0 => format!("{{ kind = \"tumbling\", size = \"{k}m\" }}"),
+            1 => format!("{{ kind = \"hopping\", size = \"{k}m\", slide = \"1m\" }}"),
+            _ => format!("{{ kind = \"sliding\", size = \"{k}m\", granularity = \"10s\" }}"),
+        }),
+    ]
+}
+
+fn arb_disorder_feature_set() -> impl Strategy<Value = FeatureSet> {
+    prop::collection::vec((arb_feature(), arb_long_window()), 1..8).prop_map(|fs| {
+        let toml: String = fs
+            .iter()
+            .enumerate()
+            .map(|(i, (body, window))| {
+                // Half the features get a window of up to ten minutes instead.
+                let body = if i % 2 == 0 {
+                    body.lines()
+                        .map(|l| {
+                            if l.starts_with("window = ") {
+                                format!("window = {window}")
+                            } else {
+                                l.to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                } else {
+                    body.clone()
+                };
+                format!("[[feature]]\nname = \"f{i}\"\n{body}\n")
+            })
+            .collect();
+        FeatureSet::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Bounded disorder (up to 3 s) and late bursts (5 to 60 minutes behind), through the
+    /// reorder core with and without a reorder wait: every value equals the reference applied
+    /// in processing order, and no value is null where the reference has one.
+    #[test]
+    fn engine_equals_the_reference_on_disordered_streams_with_late_bursts(
+        set in arb_disorder_feature_set(),
+        seed in any::<u64>(),
+        n in 20usize..200,
+        disorder_ms in prop_oneof![Just(0i64), 1i64..3_000],
+        bursts in 0usize..5,
+        reorder_wait_ms in prop_oneof![Just(0u64), 1u64..5],
+    ) {
+        let arrivals = disordered_stream(seed, n, disorder_ms, bursts);
+        let order = processing_order(arrivals.clone(), reorder_wait_ms);
+        prop_assert_eq!(order.len(), arrivals.len());
+        check_in_order(set, &order, test_state_config())?;
     }
 }
 

@@ -1,12 +1,23 @@
-//! Keyed mode against a real Kafka-protocol broker: with 3 workers sharing 6-partition topics,
-//! one of them stopped and a new one started while events stream in, every event gets exactly one
-//! decision (duplicates, if any, identical) and every feature value equals a reference engine fed
-//! all events in `(event_time_ms, event_id)` order; one worker alone gives the same values.
+//! Keyed mode against a real Kafka-protocol broker, on streams with bounded disorder (events
+//! shuffled by up to 3 s) and late bursts (runs of events 5 to 60 minutes behind, in order
+//! among themselves, interleaved with the on-time stream): with 3 workers sharing 6-partition
+//! topics, one of them stopped and a new one started while events stream in, every event gets
+//! exactly one decision (duplicates, if any, identical), every feature value equals the
+//! brute-force reference (tests/support/reference.rs) applied in processing order, no feature
+//! is null where the reference has a value, and every decision's `late` / `lateness_ms` is its
+//! source partition's; one worker alone gives the same values.
+//!
+//! Processing order: every feature's entity includes `account_id`, the events' partition key,
+//! so all events of one entity come from one source partition and are processed in its order
+//! (docs/features.md, "Distributed mode"). The shipped definitions are used with each entity
+//! prefixed by `account_id`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -15,26 +26,55 @@ use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Decision, Event, FeatureValue};
-use riskstream_feature_worker::features::{FeatureEngine, FeatureSet};
+use riskstream_feature_worker::features::{Feature, FeatureSet};
 use riskstream_feature_worker::{App, Config, WorkerConfig, WorkerMode};
 use riskstream_testkit::kafka::TestKafka;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+mod support;
+
+use support::reference::{Reference, close};
+
 const PARTITIONS: i32 = 6;
+const OUT_OF_ORDERNESS_MS: i64 = 200;
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
+}
+
+/// The shipped feature definitions with every entity prefixed by `account_id` (same names,
+/// windows and filters), written to a temporary file.
+fn account_partitioned_features() -> PathBuf {
+    let text = std::fs::read_to_string(repo("config/features.toml")).expect("features.toml");
+    let text: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("entity = \"") {
+            Some(rest) if !rest.starts_with("account_id\"") => {
+                format!("entity = \"account_id+{rest}\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let path = std::env::temp_dir().join(format!(
+        "{}.toml",
+        riskstream_testkit::unique("features-by-account")
+    ));
+    std::fs::write(&path, text).expect("write features");
+    path
 }
 
 fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
     let mut worker = WorkerConfig {
         listen: "127.0.0.1:0".into(),
         group_id: riskstream_testkit::unique("keyed"),
-        features_path: repo("config/features.toml"),
-        out_of_orderness: Duration::from_millis(200),
+        features_path: account_partitioned_features(),
+        out_of_orderness: Duration::from_millis(OUT_OF_ORDERNESS_MS as u64),
         // Longer than any gap in the test's production, so no source goes idle mid-stream.
         idle_timeout: Duration::from_millis(3000),
+        // Decide on arrival: every entity's processing order is its partition's order, which
+        // the reference reproduces (a reorder wait would make it depend on wall-clock timing).
+        reorder_wait: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(10),
         mode: WorkerMode::Keyed,
         ..WorkerConfig::default()
@@ -48,45 +88,79 @@ fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
     }
 }
 
-fn close(a: &FeatureValue, b: &FeatureValue) -> bool {
-    match (a, b) {
-        (FeatureValue::Number(x), FeatureValue::Number(y)) => {
-            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
-        }
-        _ => a == b,
-    }
-}
-
-/// Generated traffic with fraud patterns, neighbours swapped (disorder of a few ms, inside the
-/// 200 ms bound).
+/// Generated traffic with fraud patterns (about 0.3 events per second of event time, so an
+/// hour and a half of it), in arrival order: shuffled by up to 3 s, with 4 late bursts (12
+/// consecutive events each, moved 5 to 60 minutes later in arrival, in order among
+/// themselves, one every other on-time event).
 fn events(n: usize, seed: u64) -> Vec<Event> {
-    let mut events: Vec<Event> = Generator::new(GeneratorConfig {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let generated: Vec<Event> = Generator::new(GeneratorConfig {
         seed,
-        start_time_ms: riskstream_common::now_ms() - 3_600_000,
+        start_time_ms: riskstream_common::now_ms() - 3 * 3_600_000,
+        events_per_sec: 0.3,
         fraud_share: 0.05,
         accounts: 300,
         ..GeneratorConfig::default()
     })
     .take(n)
     .collect();
-    for i in (0..n - 1).step_by(7) {
-        events.swap(i, i + 1);
+    let mut bursts: Vec<Vec<Event>> = Vec::new();
+    let mut on_time: Vec<(i64, Event)> = Vec::new();
+    let starts: Vec<usize> = (0..4).map(|b| n / 10 + b * n / 6).collect();
+    for (i, e) in generated.into_iter().enumerate() {
+        if let Some(b) = starts.iter().position(|&s| (s..s + 12).contains(&i)) {
+            if bursts.len() <= b {
+                bursts.resize(b + 1, Vec::new());
+            }
+            bursts[b].push(e);
+        } else {
+            let arrival = e.event_time_ms + rng.random_range(0..=3_000);
+            on_time.push((arrival, e));
+        }
     }
-    events
+    on_time.sort_by_key(|(arrival, e)| (*arrival, e.event_id));
+    let mut arrivals: Vec<Event> = on_time.into_iter().map(|(_, e)| e).collect();
+    for burst in bursts.into_iter().filter(|b| !b.is_empty()) {
+        let behind_ms = rng.random_range(5 * 60_000..=3_600_000);
+        let due = burst[0].event_time_ms + behind_ms;
+        let mut pos = arrivals
+            .iter()
+            .position(|e| e.event_time_ms > due)
+            .unwrap_or(arrivals.len());
+        for e in burst {
+            arrivals.insert(pos.min(arrivals.len()), e);
+            pos += 2;
+        }
+    }
+    arrivals
 }
 
-async fn produce(producer: &FutureProducer, topic: &str, events: &[Event]) {
+/// The source partition of an account (the test chooses it, so the lateness is known).
+fn partition_of(e: &Event) -> i32 {
+    let key = e.account_id.as_deref().unwrap_or_default();
+    (twox_hash::XxHash3_64::oneshot(key.as_bytes()) % PARTITIONS as u64) as i32
+}
+
+async fn produce_to(producer: &FutureProducer, topic: &str, events: &[Event], partitions: i32) {
     for e in events {
         let payload = e.to_json_bytes();
         let key = e.account_id.clone().unwrap_or_default();
+        let p = if partitions == 1 { 0 } else { partition_of(e) };
         producer
             .send(
-                FutureRecord::to(topic).key(&key).payload(&payload),
+                FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(p),
                 Timeout::Never,
             )
             .await
             .expect("produce");
     }
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, events: &[Event]) {
+    produce_to(producer, topic, events, PARTITIONS).await;
 }
 
 async fn start_worker(config: &Config) -> (CancellationToken, JoinHandle<()>) {
@@ -153,33 +227,67 @@ impl DecisionReader {
     }
 }
 
-/// The reference values: one engine fed every event in (event_time_ms, event_id) order.
-fn check_against_reference(events: &[Event], decisions: &HashMap<Uuid, Decision>, config: &Config) {
-    let set = FeatureSet::from_file(repo("config/features.toml")).unwrap();
-    let reference = FeatureEngine::new(set, config.worker.state.clone());
-    let mut ordered = events.to_vec();
-    ordered.sort_by_key(|e| (e.event_time_ms, e.event_id));
-    let mut checked = 0;
-    for e in &ordered {
-        let expected: BTreeMap<String, FeatureValue> = reference.process_all(e);
+/// Checks every decision against the brute-force reference over the events in production
+/// order (the processing order of every entity, see the module docs), and its lateness
+/// against its source partition's watermark.
+fn check_against_reference(
+    events: &[Event],
+    decisions: &HashMap<Uuid, Decision>,
+    config: &Config,
+    partitions: i32,
+) {
+    let set = FeatureSet::from_file(&config.worker.features_path).unwrap();
+    let features: Vec<Feature> = set.features().cloned().collect();
+    let reference = Reference::new(events, &features, &config.worker.state);
+    let mut newest: HashMap<i32, i64> = HashMap::new();
+    let (mut checked, mut late, mut valued) = (0, 0, 0);
+    for (i, e) in events.iter().enumerate() {
         let d = decisions
             .get(&e.event_id)
             .unwrap_or_else(|| panic!("no decision for {}", e.event_id));
-        assert!(!d.late, "nothing is late within the bound");
-        for (name, want) in &expected {
+        let p = if partitions == 1 { 0 } else { partition_of(e) };
+        let watermark = newest.get(&p).map_or(i64::MIN, |m| m - OUT_OF_ORDERNESS_MS);
+        let lateness_ms = watermark.saturating_sub(e.event_time_ms).max(0);
+        newest
+            .entry(p)
+            .and_modify(|m| *m = (*m).max(e.event_time_ms))
+            .or_insert(e.event_time_ms);
+        assert_eq!(
+            (d.late, d.lateness_ms),
+            (lateness_ms > 0, lateness_ms),
+            "event #{i} {}",
+            e.event_id
+        );
+        late += usize::from(lateness_ms > 60_000);
+        for (fi, f) in features.iter().enumerate() {
+            let want = reference.value(i, fi);
             let got = d
                 .features
-                .get(name)
-                .unwrap_or_else(|| panic!("{name} missing from decision"));
+                .get(f.name())
+                .unwrap_or_else(|| panic!("{} missing from decision", f.name()));
             assert!(
-                close(got, want),
-                "event {} feature {name}: worker {got:?} reference {want:?}",
-                e.event_id
+                !(*got == FeatureValue::Null && want != FeatureValue::Null),
+                "event #{i} {} feature {}: null where the reference has {want:?}",
+                e.event_id,
+                f.name()
             );
+            assert!(
+                close(got, &want),
+                "event #{i} {} (t={}, {lateness_ms} ms late) feature {}: worker {got:?} reference {want:?}",
+                e.event_id,
+                e.event_time_ms,
+                f.name()
+            );
+            valued += usize::from(want != FeatureValue::Null && lateness_ms > 60_000);
             checked += 1;
         }
     }
     assert!(checked >= events.len() * 15);
+    assert!(
+        late >= 20,
+        "the stream has late bursts ({late} events over a minute late)"
+    );
+    assert!(valued > late, "late events have real values ({valued})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +295,7 @@ async fn three_workers_with_a_rebalance_give_the_reference_values_for_every_even
     let topics = Topics::with_suffix(&riskstream_testkit::unique("keyed3"));
     let broker = TestKafka::start(PARTITIONS, &topics.all());
     let config = worker_config(&broker, &topics);
-    let n = 3000;
+    let n = 2000;
     let events = events(n, 21);
     let producer: FutureProducer = config.kafka.producer().unwrap();
     // A first part before the workers start, the rest streamed while they run.
@@ -231,7 +339,7 @@ async fn three_workers_with_a_rebalance_give_the_reference_values_for_every_even
     feeder.await.expect("feeder");
     reader.read_until(n, Duration::from_secs(120)).await;
     assert_eq!(reader.decisions.len(), n, "every event gets a decision");
-    check_against_reference(&events, &reader.decisions, &config);
+    check_against_reference(&events, &reader.decisions, &config, PARTITIONS);
     // Nothing more than the events (no stray decisions).
     let ids: std::collections::HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
     assert!(reader.decisions.keys().all(|id| ids.contains(id)));
@@ -261,7 +369,7 @@ async fn one_keyed_worker_gives_the_reference_values() {
     reader.read_until(n, Duration::from_secs(90)).await;
     assert_eq!(reader.decisions.len(), n, "every event gets a decision");
     assert_eq!(reader.duplicates, 0, "no rebalance, no duplicate");
-    check_against_reference(&events, &reader.decisions, &config);
+    check_against_reference(&events, &reader.decisions, &config, PARTITIONS);
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), handle)
         .await
@@ -277,15 +385,19 @@ async fn local_mode_still_gives_the_reference_values_on_one_partition() {
     let mut config = worker_config(&broker, &topics);
     config.worker.mode = WorkerMode::Local;
     config.worker.idle_timeout = Duration::from_millis(800);
+    // The shipped definitions as they are, decided on arrival (processing order = the
+    // partition's order).
+    config.worker.features_path = repo("config/features.toml");
+    config.worker.reorder_wait = Duration::ZERO;
     let n = 1500;
     let events = events(n, 9);
     let producer: FutureProducer = config.kafka.producer().unwrap();
-    produce(&producer, &topics.events, &events).await;
+    produce_to(&producer, &topics.events, &events, 1).await;
     let (stop, handle) = start_worker(&config).await;
     let mut reader = DecisionReader::new(&config.kafka, &topics.decisions);
     reader.read_until(n, Duration::from_secs(60)).await;
     assert_eq!(reader.decisions.len(), n, "every event gets a decision");
-    check_against_reference(&events, &reader.decisions, &config);
+    check_against_reference(&events, &reader.decisions, &config, 1);
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), handle)
         .await

@@ -242,7 +242,7 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
     let now = now_ms();
     let on_time = event("acc-1", now - 1_000);
     let poison: &[u8] = b"{\"event_id\": 17, not json";
-    // An hour behind the watermark the first event set (allowed lateness 0).
+    // An hour behind the watermark the first event set (beyond the allowed lateness).
     let late = event("acc-1", now - 3_600_000);
     produce_events(&producer, &topics.events, std::slice::from_ref(&on_time)).await;
     produce(&producer, &topics.events, "acc-1", poison).await;
@@ -260,7 +260,8 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
     assert_eq!(rec.headers[header::DLQ_SOURCE_PARTITION], "0");
     assert_eq!(rec.headers[header::DLQ_SOURCE_OFFSET], "1");
 
-    // Both valid events are decided; the late one is flagged with its reason.
+    // Both valid events are decided; the late one is flagged with its reason and scored with
+    // real features (its own payment counts).
     let ids: HashSet<Uuid> = [id_of(&on_time), id_of(&late)].into();
     let decisions = decisions_for(&kafka, &ids).await;
     let d_on_time = &decisions[&id_of(&on_time)];
@@ -269,9 +270,9 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
     let d_late = &decisions[&id_of(&late)];
     assert!(d_late.late, "the hour-old event is late");
     assert!(
-        d_late.watermark_lag_ms >= 3_000_000,
+        d_late.lateness_ms >= 3_000_000,
         "lag {}",
-        d_late.watermark_lag_ms
+        d_late.lateness_ms
     );
     assert!(
         d_late
@@ -282,6 +283,13 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
         d_late.reasons
     );
     assert_eq!(d_late.rules_version, SHIPPED_RULES_VERSION);
+    assert_eq!(
+        d_late.features["card_count_10m"],
+        riskstream_common::FeatureValue::Number(1.0),
+        "{:?}",
+        d_late.features
+    );
+    assert!(!d_late.reasons.iter().any(|r| r.code == "rule_error"));
 
     // A copy of the late event on the late topic.
     let late_copies = read_records(&kafka, &topics.events_late, 1, EVENTUALLY).await;
@@ -293,8 +301,18 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
     let m = worker.metrics().await;
     let events = "riskstream_worker_events_total";
     assert_eq!(metric(&m, events, &["result=\"dlq\""]), 1.0, "{m}");
-    assert_eq!(metric(&m, events, &["result=\"late\""]), 1.0, "{m}");
-    assert_eq!(metric(&m, events, &["result=\"decided\""]), 1.0, "{m}");
+    assert_eq!(metric(&m, events, &["result=\"decided\""]), 2.0, "{m}");
+    let timeliness = "riskstream_worker_event_timeliness_total";
+    assert_eq!(
+        metric(&m, timeliness, &["timeliness=\"on_time\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, timeliness, &["timeliness=\"too_late\""]),
+        1.0,
+        "{m}"
+    );
     assert_eq!(
         metric(&m, "riskstream_worker_decisions_total", &[]),
         2.0,

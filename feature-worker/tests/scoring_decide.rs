@@ -454,12 +454,12 @@ fn a_late_event_is_flagged_with_a_reason() {
     let s = scorer();
     let ctx = DecideContext {
         late: true,
-        watermark_lag_ms: 42_000,
+        lateness_ms: 42_000,
         ..DecideContext::new(TRACE_ID)
     };
     let d = s.decide(&event(50.0), &feats(-3.0), &ctx);
     assert!(d.late);
-    assert_eq!(d.watermark_lag_ms, 42_000);
+    assert_eq!(d.lateness_ms, 42_000);
     assert!(has_reason(&d, "system", "late_event"));
     assert_eq!(
         d.outcome,

@@ -1,6 +1,8 @@
 //! The worker process loop against a real Kafka-protocol broker: every event read from `events`
 //! gets exactly one decision whose feature values equal a reference engine fed the same events
-//! in event-time order, even when they arrive out of order within the bound.
+//! in event-time order, when they arrive out of order by less than the reorder wait (here
+//! longer than the gap between the arrivals of two swapped neighbours; disorder beyond it is
+//! covered by tests/keyed.rs and tests/features_reference.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
         features_path: repo("config/features.toml"),
         out_of_orderness: Duration::from_millis(200),
         idle_timeout: Duration::from_millis(800),
+        reorder_wait: Duration::from_millis(500),
         ..WorkerConfig::default()
     };
     worker.scoring.rules_path = repo("config/rules.toml");

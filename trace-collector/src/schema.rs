@@ -140,7 +140,7 @@ impl From<&Decision> for DecisionRow {
             models_json: json(serde_json::to_string(&d.models)),
             rules_version: d.rules_version.clone(),
             late: d.late,
-            watermark_lag_ms: d.watermark_lag_ms,
+            watermark_lag_ms: d.lateness_ms,
             processing_latency_us: d.processing_latency_us,
         }
     }
@@ -173,7 +173,7 @@ impl TryFrom<DecisionRow> for Decision {
                 .map_err(|e| bad(format!("models: {e}")))?,
             rules_version: r.rules_version.clone(),
             late: r.late,
-            watermark_lag_ms: r.watermark_lag_ms,
+            lateness_ms: r.watermark_lag_ms,
             processing_latency_us: r.processing_latency_us,
         })
     }

@@ -279,7 +279,7 @@ fn decision(account: &str, event_time_ms: i64) -> Decision {
         }],
         rules_version: "r7".into(),
         late: true,
-        watermark_lag_ms: 1200,
+        lateness_ms: 1200,
         processing_latency_us: 850,
     }
 }

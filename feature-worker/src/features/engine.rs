@@ -1,6 +1,7 @@
 //! The feature engine: the state of every (feature group, entity key) in one `moka` cache
-//! (bounded by approximate bytes, expired after the group's longest window plus lateness of
-//! idleness, evictions counted by cause) and the update-and-read step the worker calls per event.
+//! (bounded by approximate bytes, expired after the key retention plus a grace of wall-clock
+//! idleness, evictions counted by cause) and the update-and-read step the worker calls per
+//! event, in whatever order events arrive (see [`super::state`] and docs/features.md).
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -17,7 +18,7 @@ use twox_hash::XxHash3_128;
 
 use super::config::{FeatureGroup, FeatureSet};
 use super::error::FeatureEngineError;
-use super::state::KeyState;
+use super::state::{KeyState, UpdateOutcome};
 
 /// Estimated bytes moka itself spends per entry (hash table slot, key and entry metadata,
 /// access-order node), added to every key's weight.
@@ -33,11 +34,20 @@ pub struct StateConfig {
     /// Upper bound of the (approximate) bytes of all key state; beyond it the least useful
     /// keys are evicted (state loss, counted and logged).
     pub max_memory_bytes: u64,
-    /// How far behind the watermark an event may be and still be processed.
+    /// How far behind its partition's watermark an event may be and still update window
+    /// outputs; later events are still scored (and counted in per-key state) but are copied to
+    /// the late topic. Also part of the default key retention.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
-    /// Extra idle time before a key expires, on top of its group's longest window plus the
-    /// allowed lateness (idle time is wall-clock: the slack covers a slow replay).
+    /// Per-key state retention, measured against the key's own newest event time: buckets are
+    /// kept for events up to this far behind it. The effective retention of a key is the
+    /// larger of this and its feature group's (entity's) longest window plus
+    /// `allowed_lateness`. An event older than its key's newest by more is decided
+    /// `beyond_retention` from what is retained.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Extra idle time before a key expires, on top of the retention (idle time is
+    /// wall-clock: the slack covers a slow replay).
     #[serde(with = "humantime_serde")]
     pub idle_grace: Duration,
 }
@@ -46,7 +56,8 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             max_memory_bytes: 512 * 1024 * 1024,
-            allowed_lateness: Duration::from_secs(5),
+            allowed_lateness: Duration::from_secs(5 * 60),
+            retention: Duration::from_secs(3600),
             idle_grace: Duration::from_secs(60),
         }
     }
@@ -63,9 +74,11 @@ pub struct StateStats {
     pub evicted_explicit: AtomicU64,
     /// Keys whose state was created.
     pub keys_created: AtomicU64,
-    /// Events older than their key's newest event (an upstream ordering bug), processed as if
-    /// at the newest time.
+    /// Events older than their key's newest event (out of order or late for that key): added
+    /// to their own buckets, read over their own windows.
     pub out_of_order_events: AtomicU64,
+    /// Events older than their key's newest by more than the retention.
+    pub beyond_retention_events: AtomicU64,
     /// Snapshots that found another key under the same 128-bit state hash (expected never).
     pub key_hash_collisions: AtomicU64,
 }
@@ -78,6 +91,7 @@ pub struct StateStatsSnapshot {
     pub evicted_explicit: u64,
     pub keys_created: u64,
     pub out_of_order_events: u64,
+    pub beyond_retention_events: u64,
     pub key_hash_collisions: u64,
 }
 
@@ -89,9 +103,20 @@ impl StateStats {
             evicted_explicit: self.evicted_explicit.load(Ordering::Relaxed),
             keys_created: self.keys_created.load(Ordering::Relaxed),
             out_of_order_events: self.out_of_order_events.load(Ordering::Relaxed),
+            beyond_retention_events: self.beyond_retention_events.load(Ordering::Relaxed),
             key_hash_collisions: self.key_hash_collisions.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The effective retention of a group's keys: the larger of the configured one and the
+/// group's longest window plus the allowed lateness.
+pub fn retention_ms_of(group: &FeatureGroup, config: &StateConfig) -> i64 {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    group
+        .longest_window_ms()
+        .saturating_add(ms(config.allowed_lateness))
+        .max(ms(config.retention))
 }
 
 /// Cache key: a 128-bit xxh3 hash of (group index, entity key). Compact and pointer-free, so
@@ -160,13 +185,15 @@ fn weight_of(bytes: usize, key: &str) -> u32 {
 
 /// Computes feature values: update the state of an event's keys and read every window.
 ///
-/// Thread-safe (`&self` everywhere); the worker must serialise the events of one key, in
-/// `(event_time_ms, event_id)` order, which its upstream buffer does.
+/// Thread-safe (`&self` everywhere); an event's values depend on the events of its keys
+/// processed before it, so the worker serialises the events of one key (any event-time order).
 pub struct FeatureEngine {
     set: Arc<FeatureSet>,
     cache: Cache<StateKey, Arc<Slot>, StateHasher>,
     stats: Arc<StateStats>,
     config: StateConfig,
+    /// Per group: the effective key retention.
+    retention_ms: Vec<i64>,
 }
 
 impl std::fmt::Debug for FeatureEngine {
@@ -184,17 +211,16 @@ impl FeatureEngine {
     pub fn new(set: FeatureSet, config: StateConfig) -> Self {
         let set = Arc::new(set);
         let stats = Arc::new(StateStats::default());
-        // One time-to-idle for all keys: the longest window + lateness + grace. (Per-group
-        // expiry through moka's timer wheel cost ~15% of the per-event time in the benchmark;
-        // size eviction still bounds memory.)
-        let longest_window_ms = set
+        // One time-to-idle for all keys: the longest retention + grace. (Per-group expiry
+        // through moka's timer wheel cost ~15% of the per-event time in the benchmark; size
+        // eviction still bounds memory.)
+        let retention_ms: Vec<i64> = set
             .groups()
             .iter()
-            .map(FeatureGroup::longest_window_ms)
-            .max()
-            .unwrap_or(0);
-        let time_to_idle = Duration::from_millis(longest_window_ms.unsigned_abs())
-            .saturating_add(config.allowed_lateness)
+            .map(|g| retention_ms_of(g, &config))
+            .collect();
+        let longest_retention_ms = retention_ms.iter().copied().max().unwrap_or(0);
+        let time_to_idle = Duration::from_millis(longest_retention_ms.unsigned_abs())
             .saturating_add(config.idle_grace);
         let group_names: Vec<String> = set.groups().iter().map(|g| g.key_spec().name()).collect();
         let listener_stats = Arc::clone(&stats);
@@ -234,7 +260,14 @@ impl FeatureEngine {
             cache,
             stats,
             config,
+            retention_ms,
         }
+    }
+
+    /// The effective retention of the keys of group `group_idx` (see
+    /// [`StateConfig::retention`]); 0 for an unknown group.
+    pub fn retention_ms(&self, group_idx: usize) -> i64 {
+        self.retention_ms.get(group_idx).copied().unwrap_or(0)
     }
 
     pub fn feature_set(&self) -> &FeatureSet {
@@ -304,24 +337,30 @@ impl FeatureEngine {
         key: &str,
         event: &Event,
         out: &mut Vec<FeatureValue>,
-    ) -> Result<(), FeatureEngineError> {
+    ) -> Result<UpdateOutcome, FeatureEngineError> {
         let g = self.group(group_idx)?;
         let group = u32::try_from(group_idx).unwrap_or(u32::MAX);
         let slot = self.slot(group, key, g);
         let (outcome, bytes) = {
             let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let outcome = st.update_and_read(g.features(), event, out);
+            let outcome =
+                st.update_and_read(g.features(), event, self.retention_ms(group_idx), out);
             (outcome, st.approx_bytes())
         };
         if outcome.out_of_order {
             self.stats
                 .out_of_order_events
                 .fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.beyond_retention {
+            self.stats
+                .beyond_retention_events
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 group = group_idx,
                 key,
                 event_time_ms = event.event_time_ms,
-                "event older than its key's newest: processed at the newest time"
+                "event beyond its key's retention: read from the retained buckets"
             );
         }
         // Re-insert (so moka re-weighs) when the state grew or shrank by half.
@@ -331,7 +370,7 @@ impl FeatureEngine {
             slot.weight_bytes.store(new_weight, Ordering::Relaxed);
             self.cache.insert(StateKey::of(group, key), slot);
         }
-        Ok(())
+        Ok(outcome)
     }
 
     /// [`FeatureEngine::process_into`] returning `(feature name, value)` pairs.
@@ -372,17 +411,21 @@ impl FeatureEngine {
     }
 
     /// Single-process path: every group of the event, values of every feature appended in
-    /// [`FeatureSet::features`] order.
-    pub fn process_event_into(&self, event: &Event, out: &mut Vec<FeatureValue>) {
+    /// [`FeatureSet::features`] order; the outcomes of all groups merged.
+    pub fn process_event_into(&self, event: &Event, out: &mut Vec<FeatureValue>) -> UpdateOutcome {
+        let mut outcome = UpdateOutcome::default();
         for (gi, g) in self.set.groups().iter().enumerate() {
             match g.key_ref(event) {
                 Some(key) => {
                     // The index comes from the set itself, so it is always known.
-                    let _ = self.process_into(gi, &key, event, out);
+                    if let Ok(o) = self.process_into(gi, &key, event, out) {
+                        outcome = outcome.merge(o);
+                    }
                 }
                 None => out.extend(g.features().iter().map(|f| f.empty_value())),
             }
         }
+        outcome
     }
 
     /// Single-process path returning every feature by name.
@@ -733,16 +776,76 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_events_are_counted_and_do_not_break_state() {
+    fn out_of_order_events_are_read_over_their_own_window_and_counted_later() {
         let e = engine(&feature(
             "c",
             "count",
             r#"{ kind = "sliding", size = "10s" }"#,
             "",
         ));
-        let rows = run(&e, &[ev(5_000, "c1", None), ev(1_000, "c1", None)]);
-        assert_eq!(rows[1], vec![Number(2.0)]);
+        // 1000's window is [-8000, 1000]: the earlier-processed 5000 is not in it; 6000's
+        // window [-3000, 6000] holds all three.
+        let rows = run(
+            &e,
+            &[
+                ev(5_000, "c1", None),
+                ev(1_000, "c1", None),
+                ev(6_000, "c1", None),
+            ],
+        );
+        assert_eq!(
+            rows,
+            vec![vec![Number(1.0)], vec![Number(1.0)], vec![Number(3.0)]]
+        );
         assert_eq!(e.stats().snapshot().out_of_order_events, 1);
+        assert_eq!(e.stats().snapshot().beyond_retention_events, 0);
+    }
+
+    #[test]
+    fn an_event_beyond_its_key_retention_counts_itself_and_what_is_retained() {
+        let toml = feature(
+            "c",
+            "count",
+            r#"{ kind = "sliding", size = "10m", granularity = "1m" }"#,
+            "",
+        ) + &feature(
+            "last_amount",
+            "last",
+            r#"{ kind = "sliding", size = "10m", granularity = "1m" }"#,
+            r#"field = "amount""#,
+        );
+        let e = FeatureEngine::new(
+            FeatureSet::from_toml_str(&toml).unwrap(),
+            StateConfig {
+                allowed_lateness: Duration::from_secs(60),
+                retention: Duration::from_secs(3600),
+                ..StateConfig::default()
+            },
+        );
+        assert_eq!(e.retention_ms(0), 3_600_000);
+        let h = 3_600_000;
+        let key = "c1";
+        let rows = run(
+            &e,
+            &[
+                ev(0, key, Some(1.0)),
+                ev(60_000, key, Some(2.0)),
+                // Newest 3h: retention goes back to 2h, buckets before 1h50m are gone.
+                ev(3 * h, key, Some(3.0)),
+                // 2h late, within retention: its window [1h51m, 2h] is empty but itself.
+                ev(2 * h, key, Some(4.0)),
+                // 3h late: beyond retention; the buckets of 0 and 60000 were expired.
+                ev(90_000, key, Some(5.0)),
+            ],
+        );
+        assert_eq!(rows[1], vec![Number(2.0), Number(1.0)]);
+        assert_eq!(rows[3], vec![Number(1.0), Null]);
+        assert_eq!(rows[4], vec![Number(1.0), Null]);
+        let s = e.stats().snapshot();
+        assert_eq!((s.out_of_order_events, s.beyond_retention_events), (2, 1));
+        let mut out = Vec::new();
+        let outcome = e.process_event_into(&ev(100, key, None), &mut out);
+        assert!(outcome.beyond_retention && outcome.out_of_order);
     }
 
     #[test]
@@ -828,6 +931,7 @@ mod tests {
             toml::from_str("max_memory_bytes = 1024\nallowed_lateness = \"250ms\"\n").unwrap();
         assert_eq!(c.allowed_lateness, Duration::from_millis(250));
         assert_eq!(c.idle_grace, StateConfig::default().idle_grace);
+        assert_eq!(c.retention, Duration::from_secs(3600));
         assert!(toml::from_str::<StateConfig>("max_memory = 1").is_err());
     }
 }

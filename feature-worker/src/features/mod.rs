@@ -7,10 +7,12 @@ pub mod config;
 pub mod engine;
 pub mod error;
 mod state;
+pub mod window_output;
 
 pub use config::{
     Aggregation, EventField, Feature, FeatureDef, FeatureGroup, FeatureSet, FilterDef, KeySpec,
     Predicate, Scalar, WindowDef, WindowSpec,
 };
-pub use engine::{FeatureEngine, StateConfig, StateStats, StateStatsSnapshot};
+pub use engine::{FeatureEngine, StateConfig, StateStats, StateStatsSnapshot, retention_ms_of};
 pub use error::{FeatureConfigError, FeatureEngineError, FeatureProblem};
+pub use state::UpdateOutcome;

@@ -1,9 +1,18 @@
-//! Per-key window state: for each feature of a group, a deque of sparse time buckets (or the
-//! previous-event memo for `last` / `time_since_last`), updated and read in one step.
+//! Per-key window state: for each feature of a group, a deque of sparse time buckets sorted by
+//! bucket start (or the sorted previous-event entries of `last` / `time_since_last`), updated
+//! and read in one step.
 //!
-//! Events of one key arrive in `(event_time_ms, event_id)` order, so buckets are only ever
-//! appended at the back and expired from the front; every window's lower bound is a multiple of
-//! its granularity, so a bucket is either wholly inside the window or wholly outside.
+//! Events of one key may arrive in any order (on time, out of order, late): an event is added
+//! to its own bucket wherever that bucket sits (appending at the back is the fast path), and
+//! its values are read over the buckets of *its* window, `[lower_bound(t), bucket_start(t)]`,
+//! so an event's features are the same whether it came on time or an hour late, given the
+//! events processed before it. Every window's lower bound is a multiple of its granularity, so
+//! a bucket is either wholly inside the window or wholly outside.
+//!
+//! Retention is per key: buckets are kept while they can still be inside the window of an
+//! event no older than `newest event time of the key - retention_ms`, and expired from the
+//! front as the key's newest event time advances. An event older than that is *beyond
+//! retention*: it is still added to whatever buckets still exist and read over them.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, DefaultHasher};
@@ -13,69 +22,54 @@ use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use riskstream_common::{Event, FeatureValue};
 use twox_hash::XxHash3_64;
 
-use super::config::{Aggregation, EventField, Feature};
+use super::config::{Aggregation, EventField, Feature, WindowSpec};
 
 type Hll = HyperLogLogPlus<u64, BuildHasherDefault<DefaultHasher>>;
-
-/// Marks "no previous event" in `last` / `time_since_last` state.
-const NO_TIME_MS: i64 = i64::MIN;
 
 /// State of one (group, entity key): one [`FeatureState`] per feature of the group.
 #[derive(Debug)]
 pub(crate) struct KeyState {
-    /// Newest event time seen for the key.
+    /// Newest event time seen for the key (`i64::MIN` before the first).
     max_time_ms: i64,
     features: Box<[FeatureState]>,
 }
 
 #[derive(Debug)]
 enum FeatureState {
-    Count(CountState),
-    /// `sum` and `avg`.
-    Numeric(VecDeque<NumBucket>),
+    /// Events per bucket.
+    Count(VecDeque<(i64, u32)>),
+    /// `sum` and `avg`: (number of events with a value, sum) per bucket.
+    Numeric(VecDeque<(i64, (u32, f64))>),
     /// `min` / `max`: the bucket's extreme value.
     Extreme(VecDeque<(i64, f64)>),
     Distinct(Box<DistinctState>),
-    Last(LastState),
-    /// `time_since_last`: time of the previous passing event.
-    Since(i64),
-}
-
-#[derive(Debug, Default)]
-struct CountState {
-    buckets: VecDeque<(i64, u32)>,
-    total: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct NumBucket {
-    start_ms: i64,
-    /// Number of events with a value.
-    n: u32,
-    sum: f64,
+    /// `last`: (event time, value) of every passing event with a value, sorted by time
+    /// (equal times in processing order).
+    Last {
+        entries: VecDeque<(i64, LastValue)>,
+        /// Bytes of the text values in `entries` (for the weigher, without a scan).
+        text_bytes: usize,
+    },
+    /// `time_since_last`: times of the passing events, sorted.
+    Since(VecDeque<i64>),
 }
 
 #[derive(Debug)]
 struct DistinctState {
-    /// Exact mode: (value hash, start of the bucket the value was last seen in).
+    /// Exact mode: distinct (value hash, bucket start) pairs, sorted.
     exact: Vec<(u64, i64)>,
-    /// Lower bound on the oldest bucket start in `exact`.
-    oldest_ms: i64,
-    /// Sketch mode (non-empty): one HyperLogLog per non-empty bucket.
+    /// Number of distinct hashes in `exact`.
+    exact_values: u32,
+    /// The oldest bucket in `exact` (`i64::MAX`: none), so expiry needs no scan.
+    exact_oldest_ms: i64,
+    /// Sketch mode (non-empty): one HyperLogLog per non-empty bucket, sorted by start.
     sketch: VecDeque<(i64, Hll)>,
     /// HyperLogLog precision of the sketches.
     precision: u8,
 }
 
-#[derive(Debug)]
-struct LastState {
-    time_ms: i64,
-    value: LastValue,
-}
-
 #[derive(Debug, PartialEq)]
 enum LastValue {
-    None,
     Num(f64),
     Text(Box<str>),
 }
@@ -83,17 +77,76 @@ enum LastValue {
 impl LastValue {
     fn to_feature(&self) -> FeatureValue {
         match self {
-            LastValue::None => FeatureValue::Null,
             LastValue::Num(n) => FeatureValue::Number(*n),
             LastValue::Text(t) => FeatureValue::Text(t.to_string()),
         }
     }
 }
 
-/// Result of one update: whether the event was older than the key's newest event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct UpdateOutcome {
+/// Result of one update.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpdateOutcome {
+    /// Older than the key's newest event (out of order or late for this key).
     pub out_of_order: bool,
+    /// Older than the key's newest event by more than the retention: its windows may have
+    /// lost buckets, its values are read from what is retained (its own event included).
+    pub beyond_retention: bool,
+}
+
+impl UpdateOutcome {
+    /// Both outcomes of two groups of one event.
+    pub fn merge(self, other: UpdateOutcome) -> UpdateOutcome {
+        UpdateOutcome {
+            out_of_order: self.out_of_order || other.out_of_order,
+            beyond_retention: self.beyond_retention || other.beyond_retention,
+        }
+    }
+}
+
+/// The index of bucket `b` in a sorted deque, inserting it (with `new()`) if missing.
+#[inline]
+fn bucket_index<T>(dq: &mut VecDeque<(i64, T)>, b: i64, new: impl FnOnce() -> T) -> usize {
+    match dq.back() {
+        Some((s, _)) if *s == b => return dq.len() - 1,
+        Some((s, _)) if *s < b => {
+            dq.push_back((b, new()));
+            return dq.len() - 1;
+        }
+        None => {
+            dq.push_back((b, new()));
+            return 0;
+        }
+        _ => {}
+    }
+    let i = dq.partition_point(|x| x.0 < b);
+    if dq.get(i).is_none_or(|x| x.0 != b) {
+        dq.insert(i, (b, new()));
+    }
+    i
+}
+
+/// The buckets with start in `[lo, hi]`. The end is found from the back (the newest bucket, in
+/// order; a binary search for a late event), the start by walking back from it over the
+/// window's buckets only: the retained history before the window is never touched.
+#[inline]
+fn in_range<T>(dq: &VecDeque<(i64, T)>, lo: i64, hi: i64) -> impl Iterator<Item = &T> {
+    let end = if dq.back().is_none_or(|x| x.0 <= hi) {
+        dq.len()
+    } else {
+        dq.partition_point(|x| x.0 <= hi)
+    };
+    let mut start = end;
+    while start > 0 && dq[start - 1].0 >= lo {
+        start -= 1;
+    }
+    dq.range(start..end).map(|x| &x.1)
+}
+
+#[inline]
+fn expire<T>(dq: &mut VecDeque<(i64, T)>, bound: i64) {
+    while dq.front().is_some_and(|x| x.0 < bound) {
+        dq.pop_front();
+    }
 }
 
 impl KeyState {
@@ -101,20 +154,21 @@ impl KeyState {
         let features = features
             .iter()
             .map(|f| match f.aggregation() {
-                Aggregation::Count => FeatureState::Count(CountState::default()),
+                Aggregation::Count => FeatureState::Count(VecDeque::new()),
                 Aggregation::Sum | Aggregation::Avg => FeatureState::Numeric(VecDeque::new()),
                 Aggregation::Min | Aggregation::Max => FeatureState::Extreme(VecDeque::new()),
                 Aggregation::DistinctCount => FeatureState::Distinct(Box::new(DistinctState {
                     exact: Vec::new(),
-                    oldest_ms: i64::MAX,
+                    exact_values: 0,
+                    exact_oldest_ms: i64::MAX,
                     sketch: VecDeque::new(),
                     precision: f.hll_precision,
                 })),
-                Aggregation::Last => FeatureState::Last(LastState {
-                    time_ms: NO_TIME_MS,
-                    value: LastValue::None,
-                }),
-                Aggregation::TimeSinceLast => FeatureState::Since(NO_TIME_MS),
+                Aggregation::Last => FeatureState::Last {
+                    entries: VecDeque::new(),
+                    text_bytes: 0,
+                },
+                Aggregation::TimeSinceLast => FeatureState::Since(VecDeque::new()),
             })
             .collect();
         Self {
@@ -124,27 +178,27 @@ impl KeyState {
     }
 
     /// Adds the event to every feature (those whose filter it passes) and appends each
-    /// feature's value, in group order, to `out`.
-    ///
-    /// An event older than the key's newest (a broken ordering upstream) is processed as if at
-    /// the newest time, so state stays consistent; the caller counts it.
+    /// feature's value for the window ending at the event's own time, in group order, to
+    /// `out`; then expires what the key's retention no longer needs.
     pub(crate) fn update_and_read(
         &mut self,
         features: &[Feature],
         e: &Event,
+        retention_ms: i64,
         out: &mut Vec<FeatureValue>,
     ) -> UpdateOutcome {
-        let out_of_order = e.event_time_ms < self.max_time_ms;
-        let t_ms = if out_of_order {
-            self.max_time_ms
-        } else {
-            self.max_time_ms = e.event_time_ms;
-            e.event_time_ms
+        let t_ms = e.event_time_ms;
+        let had_events = self.max_time_ms != i64::MIN;
+        let outcome = UpdateOutcome {
+            out_of_order: t_ms < self.max_time_ms,
+            beyond_retention: had_events && t_ms < self.max_time_ms.saturating_sub(retention_ms),
         };
+        self.max_time_ms = self.max_time_ms.max(t_ms);
+        let horizon_ms = self.max_time_ms.saturating_sub(retention_ms);
         for (f, s) in features.iter().zip(self.features.iter_mut()) {
-            out.push(s.update(f, e, t_ms));
+            out.push(s.update(f, e, t_ms, horizon_ms));
         }
-        UpdateOutcome { out_of_order }
+        outcome
     }
 
     /// The value of every feature for a window ending at `now_ms` (no event added). A `now_ms`
@@ -181,144 +235,161 @@ fn value_hash(field: EventField, e: &Event) -> Option<u64> {
     }
 }
 
+/// Bounds of one event's window: `[lo, hi]` in bucket starts, and the first bucket start the
+/// key's retention still needs.
+#[derive(Clone, Copy)]
+struct Bounds {
+    lo: i64,
+    hi: i64,
+    keep: i64,
+}
+
+impl Bounds {
+    fn of(w: WindowSpec, t_ms: i64, horizon_ms: i64) -> Self {
+        Self {
+            lo: w.lower_bound(t_ms),
+            hi: w.bucket_start(t_ms),
+            keep: w.lower_bound(horizon_ms),
+        }
+    }
+}
+
+/// The index after every entry with time `<= t_ms` (a new entry at `t_ms` goes there).
 #[inline]
-fn push_count(buckets: &mut VecDeque<(i64, u32)>, b: i64) {
-    match buckets.back_mut() {
-        Some((s, n)) if *s == b => *n = n.saturating_add(1),
-        _ => buckets.push_back((b, 1)),
+fn after<T>(dq: &VecDeque<T>, t_ms: i64, time: impl Fn(&T) -> i64) -> usize {
+    if dq.back().is_none_or(|x| time(x) <= t_ms) {
+        dq.len()
+    } else {
+        dq.partition_point(|x| time(x) <= t_ms)
     }
 }
 
 impl FeatureState {
-    fn update(&mut self, f: &Feature, e: &Event, t_ms: i64) -> FeatureValue {
-        let w = f.window();
-        let lo = w.lower_bound(t_ms);
-        let b = w.bucket_start(t_ms);
-        match self {
-            FeatureState::Count(c) => {
-                while let Some(&(s, n)) = c.buckets.front() {
-                    if s >= lo {
-                        break;
-                    }
-                    c.total = c.total.saturating_sub(u64::from(n));
-                    c.buckets.pop_front();
+    fn update(&mut self, f: &Feature, e: &Event, t_ms: i64, horizon_ms: i64) -> FeatureValue {
+        let bd = Bounds::of(f.window(), t_ms, horizon_ms);
+        let passes = f.passes_filter(e);
+        let num = || f.field().and_then(|fl| fl.num_of(e));
+        let v = match self {
+            FeatureState::Count(buckets) => {
+                if passes {
+                    let i = bucket_index(buckets, bd.hi, || 0);
+                    buckets[i].1 = buckets[i].1.saturating_add(1);
                 }
-                if f.passes_filter(e) {
-                    push_count(&mut c.buckets, b);
-                    c.total += 1;
-                }
-                FeatureValue::Number(c.total as f64)
+                count_value(buckets, bd)
             }
             FeatureState::Numeric(buckets) => {
-                while buckets.front().is_some_and(|x| x.start_ms < lo) {
-                    buckets.pop_front();
-                }
-                if let Some(v) = f.field().and_then(|fl| fl.num_of(e))
-                    && f.passes_filter(e)
+                if let Some(v) = num()
+                    && passes
                 {
-                    match buckets.back_mut() {
-                        Some(x) if x.start_ms == b => {
-                            x.n = x.n.saturating_add(1);
-                            x.sum += v;
-                        }
-                        _ => buckets.push_back(NumBucket {
-                            start_ms: b,
-                            n: 1,
-                            sum: v,
-                        }),
-                    }
+                    let i = bucket_index(buckets, bd.hi, || (0, 0.0));
+                    let x = &mut buckets[i].1;
+                    x.0 = x.0.saturating_add(1);
+                    x.1 += v;
                 }
-                numeric_value(f.aggregation(), buckets.iter())
+                numeric_value(f.aggregation(), in_range(buckets, bd.lo, bd.hi))
             }
             FeatureState::Extreme(buckets) => {
-                while buckets.front().is_some_and(|x| x.0 < lo) {
-                    buckets.pop_front();
-                }
                 let is_min = f.aggregation() == Aggregation::Min;
-                if let Some(v) = f.field().and_then(|fl| fl.num_of(e))
-                    && f.passes_filter(e)
+                if let Some(v) = num()
+                    && passes
                 {
-                    match buckets.back_mut() {
-                        Some((s, x)) if *s == b => *x = if is_min { x.min(v) } else { x.max(v) },
-                        _ => buckets.push_back((b, v)),
-                    }
+                    let i = bucket_index(buckets, bd.hi, || v);
+                    let x = &mut buckets[i].1;
+                    *x = if is_min { x.min(v) } else { x.max(v) };
                 }
-                extreme_value(is_min, buckets.iter().map(|x| x.1))
+                extreme_value(is_min, in_range(buckets, bd.lo, bd.hi).copied())
             }
-            FeatureState::Distinct(d) => d.update(f, e, lo, b),
-            FeatureState::Last(l) => {
-                let prev = if l.time_ms >= lo {
-                    l.value.to_feature()
-                } else {
-                    FeatureValue::Null
-                };
-                if f.passes_filter(e) {
+            FeatureState::Distinct(d) => {
+                if let Some(h) = f.field().and_then(|fl| value_hash(fl, e))
+                    && passes
+                {
+                    d.insert(h, bd.hi, f.distinct_exact_limit());
+                }
+                d.read(bd.lo, bd.hi)
+            }
+            FeatureState::Last {
+                entries,
+                text_bytes,
+            } => {
+                let i = after(entries, t_ms, |x| x.0);
+                let prev = last_before(entries, i, bd.lo);
+                if passes {
                     let field = f.field();
-                    if let Some(n) = field.and_then(|fl| fl.num_of(e)) {
-                        l.value = LastValue::Num(n);
-                        l.time_ms = t_ms;
-                    } else if let Some(s) = field.and_then(|fl| fl.str_of(e)) {
-                        if !matches!(&l.value, LastValue::Text(old) if **old == *s) {
-                            l.value = LastValue::Text(s.into());
-                        }
-                        l.time_ms = t_ms;
+                    let value = match field.and_then(|fl| fl.num_of(e)) {
+                        Some(n) => Some(LastValue::Num(n)),
+                        None => field
+                            .and_then(|fl| fl.str_of(e))
+                            .map(|s| LastValue::Text(s.into())),
+                    };
+                    if let Some(value) = value {
+                        *text_bytes += text_len(&value);
+                        entries.insert(i, (t_ms, value));
                     }
                 }
                 prev
             }
-            FeatureState::Since(prev_ms) => {
-                let v = if *prev_ms != NO_TIME_MS && *prev_ms >= lo {
-                    FeatureValue::Number(t_ms.saturating_sub(*prev_ms) as f64)
-                } else {
-                    FeatureValue::Null
-                };
-                if f.passes_filter(e) {
-                    *prev_ms = t_ms;
+            FeatureState::Since(times) => {
+                let i = after(times, t_ms, |x| *x);
+                let prev = since_value(times, i, bd.lo, t_ms);
+                if passes {
+                    times.insert(i, t_ms);
                 }
-                v
+                prev
+            }
+        };
+        self.expire(bd.keep);
+        v
+    }
+
+    fn expire(&mut self, keep: i64) {
+        match self {
+            FeatureState::Count(b) => expire(b, keep),
+            FeatureState::Numeric(b) => expire(b, keep),
+            FeatureState::Extreme(b) => expire(b, keep),
+            FeatureState::Distinct(d) => d.expire(keep),
+            FeatureState::Last {
+                entries,
+                text_bytes,
+            } => {
+                while entries.front().is_some_and(|x| x.0 < keep) {
+                    if let Some((_, v)) = entries.pop_front() {
+                        *text_bytes = text_bytes.saturating_sub(text_len(&v));
+                    }
+                }
+            }
+            FeatureState::Since(times) => {
+                while times.front().is_some_and(|x| *x < keep) {
+                    times.pop_front();
+                }
             }
         }
     }
 
     fn read(&self, f: &Feature, t_ms: i64) -> FeatureValue {
-        let lo = f.window().lower_bound(t_ms);
+        let bd = Bounds::of(f.window(), t_ms, t_ms);
         match self {
-            FeatureState::Count(c) => FeatureValue::Number(
-                c.buckets
-                    .iter()
-                    .filter(|x| x.0 >= lo)
-                    .map(|x| u64::from(x.1))
-                    .sum::<u64>() as f64,
-            ),
+            FeatureState::Count(buckets) => count_value(buckets, bd),
             FeatureState::Numeric(buckets) => {
-                numeric_value(f.aggregation(), buckets.iter().filter(|x| x.start_ms >= lo))
+                numeric_value(f.aggregation(), in_range(buckets, bd.lo, bd.hi))
             }
             FeatureState::Extreme(buckets) => extreme_value(
                 f.aggregation() == Aggregation::Min,
-                buckets.iter().filter(|x| x.0 >= lo).map(|x| x.1),
+                in_range(buckets, bd.lo, bd.hi).copied(),
             ),
-            FeatureState::Distinct(d) => d.read(lo),
-            FeatureState::Last(l) => {
-                if l.time_ms >= lo {
-                    l.value.to_feature()
-                } else {
-                    FeatureValue::Null
-                }
+            FeatureState::Distinct(d) => d.read(bd.lo, bd.hi),
+            FeatureState::Last { entries, .. } => {
+                last_before(entries, after(entries, t_ms, |x| x.0), bd.lo)
             }
-            FeatureState::Since(prev_ms) => {
-                if *prev_ms != NO_TIME_MS && *prev_ms >= lo {
-                    FeatureValue::Number(t_ms.saturating_sub(*prev_ms) as f64)
-                } else {
-                    FeatureValue::Null
-                }
+            FeatureState::Since(times) => {
+                since_value(times, after(times, t_ms, |x| *x), bd.lo, t_ms)
             }
         }
     }
 
     fn heap_bytes(&self) -> usize {
         match self {
-            FeatureState::Count(c) => c.buckets.capacity() * size_of::<(i64, u32)>(),
-            FeatureState::Numeric(b) => b.capacity() * size_of::<NumBucket>(),
+            FeatureState::Count(c) => c.capacity() * size_of::<(i64, u32)>(),
+            FeatureState::Numeric(b) => b.capacity() * size_of::<(i64, (u32, f64))>(),
             FeatureState::Extreme(b) => b.capacity() * size_of::<(i64, f64)>(),
             FeatureState::Distinct(d) => {
                 size_of::<DistinctState>()
@@ -327,20 +398,50 @@ impl FeatureState {
                     // Dense registers: 6 bits each; a sparse sketch is smaller.
                     + d.sketch.len() * ((1usize << d.precision) * 3 / 4)
             }
-            FeatureState::Last(l) => match &l.value {
-                LastValue::Text(t) => t.len(),
-                _ => 0,
-            },
-            FeatureState::Since(_) => 0,
+            FeatureState::Last {
+                entries,
+                text_bytes,
+            } => entries.capacity() * size_of::<(i64, LastValue)>() + text_bytes,
+            FeatureState::Since(times) => times.capacity() * size_of::<i64>(),
         }
+    }
+}
+
+fn count_value(buckets: &VecDeque<(i64, u32)>, bd: Bounds) -> FeatureValue {
+    FeatureValue::Number(
+        in_range(buckets, bd.lo, bd.hi)
+            .map(|n| u64::from(*n))
+            .sum::<u64>() as f64,
+    )
+}
+
+fn text_len(v: &LastValue) -> usize {
+    match v {
+        LastValue::Text(t) => t.len(),
+        LastValue::Num(_) => 0,
+    }
+}
+
+/// The entry before index `i` (the previous event), if inside the window.
+fn last_before(entries: &VecDeque<(i64, LastValue)>, i: usize, lo: i64) -> FeatureValue {
+    match i.checked_sub(1).and_then(|j| entries.get(j)) {
+        Some((t, v)) if *t >= lo => v.to_feature(),
+        _ => FeatureValue::Null,
+    }
+}
+
+fn since_value(times: &VecDeque<i64>, i: usize, lo: i64, t_ms: i64) -> FeatureValue {
+    match i.checked_sub(1).and_then(|j| times.get(j)) {
+        Some(prev) if *prev >= lo => FeatureValue::Number(t_ms.saturating_sub(*prev) as f64),
+        _ => FeatureValue::Null,
     }
 }
 
 fn numeric_value<'a>(
     agg: Aggregation,
-    buckets: impl Iterator<Item = &'a NumBucket>,
+    buckets: impl Iterator<Item = &'a (u32, f64)>,
 ) -> FeatureValue {
-    let (n, sum) = buckets.fold((0u64, 0.0f64), |(n, s), x| (n + u64::from(x.n), s + x.sum));
+    let (n, sum) = buckets.fold((0u64, 0.0f64), |(n, s), x| (n + u64::from(x.0), s + x.1));
     match agg {
         Aggregation::Avg if n == 0 => FeatureValue::Null,
         Aggregation::Avg => FeatureValue::Number(sum / n as f64),
@@ -354,90 +455,99 @@ fn extreme_value(is_min: bool, values: impl Iterator<Item = f64>) -> FeatureValu
 }
 
 impl DistinctState {
-    fn update(&mut self, f: &Feature, e: &Event, lo: i64, b: i64) -> FeatureValue {
+    fn new_hll(&self) -> Option<Hll> {
+        // An invalid precision cannot pass validation.
+        Hll::new(self.precision, BuildHasherDefault::default()).ok()
+    }
+
+    fn insert_sketch(&mut self, h: u64, b: i64) {
+        let i = self.sketch.partition_point(|x| x.0 < b);
+        if self.sketch.get(i).is_none_or(|x| x.0 != b) {
+            let Some(hll) = self.new_hll() else {
+                return;
+            };
+            self.sketch.insert(i, (b, hll));
+        }
+        self.sketch[i].1.insert(&h);
+    }
+
+    fn insert(&mut self, h: u64, b: i64, exact_limit: u32) {
         if !self.sketch.is_empty() {
-            while self.sketch.front().is_some_and(|x| x.0 < lo) {
-                self.sketch.pop_front();
+            self.insert_sketch(h, b);
+            return;
+        }
+        let Err(i) = self.exact.binary_search(&(h, b)) else {
+            return;
+        };
+        let seen =
+            (i > 0 && self.exact[i - 1].0 == h) || self.exact.get(i).is_some_and(|x| x.0 == h);
+        self.exact.insert(i, (h, b));
+        self.exact_oldest_ms = self.exact_oldest_ms.min(b);
+        if !seen {
+            self.exact_values += 1;
+            if self.exact_values > exact_limit {
+                self.promote();
             }
         }
-        if self.sketch.is_empty() && self.oldest_ms < lo {
-            self.exact.retain(|x| x.1 >= lo);
-            self.oldest_ms = self.exact.iter().map(|x| x.1).min().unwrap_or(i64::MAX);
-        }
-        if let Some(h) = f.field().and_then(|fl| value_hash(fl, e))
-            && f.passes_filter(e)
-        {
-            if self.sketch.is_empty() {
-                if let Some(x) = self.exact.iter_mut().find(|x| x.0 == h) {
-                    x.1 = b;
-                } else {
-                    self.exact.push((h, b));
-                    self.oldest_ms = self.oldest_ms.min(b);
-                    if self.exact.len() > f.distinct_exact_limit() as usize {
-                        self.promote();
-                    }
-                }
-            } else {
-                match self.sketch.back_mut() {
-                    Some((s, hll)) if *s == b => hll.insert(&h),
-                    _ => {
-                        if let Ok(mut hll) = Hll::new(self.precision, BuildHasherDefault::default())
-                        {
-                            hll.insert(&h);
-                            self.sketch.push_back((b, hll));
-                        }
-                    }
-                }
-            }
-        }
-        self.read(lo)
     }
 
     /// Moves from exact to sketch mode: one HyperLogLog per bucket of the exact entries.
     fn promote(&mut self) {
-        let precision = self.precision;
-        let mut entries = std::mem::take(&mut self.exact);
-        entries.sort_unstable_by_key(|x| x.1);
-        let mut sketch: VecDeque<(i64, Hll)> = VecDeque::new();
-        for (h, s) in &entries {
-            match sketch.back_mut() {
-                Some((bs, hll)) if bs == s => hll.insert(h),
-                _ => match Hll::new(precision, BuildHasherDefault::default()) {
-                    Ok(mut hll) => {
-                        hll.insert(h);
-                        sketch.push_back((*s, hll));
-                    }
-                    // An invalid precision cannot pass validation; stay exact if it did.
-                    Err(_) => {
-                        self.exact = entries;
-                        return;
-                    }
-                },
-            }
+        if self.new_hll().is_none() {
+            return;
         }
-        self.sketch = sketch;
-        self.exact = Vec::new();
-        self.oldest_ms = i64::MAX;
+        for (h, b) in std::mem::take(&mut self.exact) {
+            self.insert_sketch(h, b);
+        }
+        self.exact_values = 0;
+        self.exact_oldest_ms = i64::MAX;
     }
 
-    fn read(&self, lo: i64) -> FeatureValue {
-        if self.sketch.is_empty() {
-            let n = if self.oldest_ms >= lo {
-                self.exact.len()
-            } else {
-                self.exact.iter().filter(|x| x.1 >= lo).count()
-            };
-            return FeatureValue::Number(n as f64);
+    fn expire(&mut self, keep: i64) {
+        if !self.sketch.is_empty() {
+            expire(&mut self.sketch, keep);
+            // Once every sketch bucket expired the feature is exact again.
+            return;
         }
-        let mut in_window = self.sketch.iter().filter(|x| x.0 >= lo);
-        let Some((_, first)) = in_window.next() else {
+        if self.exact_oldest_ms < keep {
+            self.exact.retain(|x| x.1 >= keep);
+            self.exact_values = distinct_hashes(self.exact.iter().map(|x| x.0));
+            self.exact_oldest_ms = self.exact.iter().map(|x| x.1).min().unwrap_or(i64::MAX);
+        }
+    }
+
+    fn read(&self, lo: i64, hi: i64) -> FeatureValue {
+        if self.sketch.is_empty() {
+            let n = distinct_hashes(
+                self.exact
+                    .iter()
+                    .filter(|x| x.1 >= lo && x.1 <= hi)
+                    .map(|x| x.0),
+            );
+            return FeatureValue::Number(f64::from(n));
+        }
+        let mut in_window = in_range(&self.sketch, lo, hi);
+        let Some(first) = in_window.next() else {
             return FeatureValue::Number(0.0);
         };
         let mut merged = first.clone();
-        for (_, hll) in in_window {
+        for hll in in_window {
             // Same precision by construction; a mismatch would only skip a bucket.
             let _ = merged.merge(hll);
         }
         FeatureValue::Number(merged.count().round())
     }
+}
+
+/// Distinct values of a sorted sequence of hashes.
+fn distinct_hashes(sorted: impl Iterator<Item = u64>) -> u32 {
+    let mut n = 0u32;
+    let mut last = None;
+    for h in sorted {
+        if last != Some(h) {
+            n += 1;
+            last = Some(h);
+        }
+    }
+    n
 }

@@ -35,7 +35,7 @@ struct Base {
     event: Box<Event>,
     groups: Vec<u32>,
     late: bool,
-    watermark_lag_ms: i64,
+    lateness_ms: i64,
     read_at_unix_us: i64,
     traceparent: Option<String>,
     source_key: Option<String>,
@@ -46,7 +46,7 @@ struct Base {
 #[derive(Default)]
 struct Pending {
     base: Option<Base>,
-    partials: HashMap<u32, Vec<FeatureValue>>,
+    partials: HashMap<u32, (Vec<FeatureValue>, bool)>,
     /// Every record of the event read so far: done when the decision is acknowledged.
     offsets: Vec<(i32, i64)>,
 }
@@ -233,7 +233,7 @@ impl Joiner {
                     event,
                     groups,
                     late,
-                    watermark_lag_ms,
+                    lateness_ms,
                     read_at_unix_us,
                     traceparent,
                     source_key,
@@ -244,7 +244,7 @@ impl Joiner {
                             event,
                             groups,
                             late,
-                            watermark_lag_ms,
+                            lateness_ms,
                             read_at_unix_us,
                             traceparent,
                             source_key,
@@ -252,8 +252,15 @@ impl Joiner {
                         });
                     }
                 }
-                ResultRecord::Partial { group, values, .. } => {
-                    e.partials.entry(group).or_insert(values);
+                ResultRecord::Partial {
+                    group,
+                    values,
+                    beyond_retention,
+                    ..
+                } => {
+                    e.partials
+                        .entry(group)
+                        .or_insert((values, beyond_retention));
                 }
             }
             if e.complete() {
@@ -303,11 +310,8 @@ impl Joiner {
                         values.clear();
                         let group = u32::try_from(gi).unwrap_or(u32::MAX);
                         match partials.get(&group) {
-                            Some(v) if !base.late => values.extend(v.iter().cloned()),
-                            _ if base.late => {
-                                values.extend(g.features().iter().map(|_| FeatureValue::Null))
-                            }
-                            _ => {
+                            Some((v, _)) => values.extend(v.iter().cloned()),
+                            None => {
                                 let _ = engine.empty_values_into(gi, &mut values);
                             }
                         }
@@ -324,10 +328,19 @@ impl Joiner {
         let started = Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(Instant::now);
+        let beyond_retention = partials.values().any(|(_, b)| *b);
+        let lateness = crate::stream::Lateness {
+            lateness_ms: base.lateness_ms,
+            too_late: base.source_payload.is_some(),
+        };
+        self.state
+            .metrics
+            .timeliness(crate::app::timeliness_label(lateness, beyond_retention));
         let ctx = DecideContext {
             trace_id: trace.trace_id_hex(),
             late: base.late,
-            watermark_lag_ms: base.watermark_lag_ms,
+            lateness_ms: base.lateness_ms,
+            beyond_retention,
             started,
         };
         let decision = tracing::info_span!("score", otel.name = "riskstream.score")
@@ -343,10 +356,10 @@ impl Joiner {
             outcome = decision.outcome.as_str(),
         );
         let out_trace = link_span(&produce_span, Some(&trace));
-        let late_copy = base.late.then(|| LateCopy {
+        let late_copy = base.source_payload.map(|payload| LateCopy {
             topic: topics.events_late.clone(),
             key: base.source_key.map(String::into_bytes),
-            payload: base.source_payload.unwrap_or_default().into_bytes(),
+            payload: payload.into_bytes(),
         });
         let fut = send_decision(
             self.producer.clone(),

@@ -7,8 +7,8 @@
 //! 1. [`route`]: `events` -> one envelope per feature group to the repartition topic (partition
 //!    chosen from (group, entity key)), a base record per event to the results topic, and
 //!    watermark markers to every repartition partition;
-//! 2. [`state`]: per repartition partition, releases envelopes in `(event_time_ms, event_id)`
-//!    order behind the input watermark, updates the engine and emits one partial per
+//! 2. [`state`]: per repartition partition, processes envelopes on arrival (on time or late,
+//!    each into its own event-time buckets), updates the engine and emits one partial per
 //!    (event, group); on assignment it replays the partition below its committed offset to
 //!    rebuild the state exactly;
 //! 3. [`join`]: gathers base + partials per event id, scores and produces the decision.
@@ -100,13 +100,16 @@ pub enum ResultRecord {
         event: Box<Event>,
         /// Indices of the feature groups whose key the event has (one partial each).
         groups: Vec<u32>,
+        /// Behind its source partition's watermark (still scored on event time).
         late: bool,
-        watermark_lag_ms: i64,
+        #[serde(alias = "watermark_lag_ms")]
+        lateness_ms: i64,
         /// When the router read the event (wall clock): the decision's latency starts here.
         read_at_unix_us: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
-        /// Late events only: the source record's key and bytes, copied to the late topic.
+        /// Events later than the allowed lateness only: the source record's key and bytes,
+        /// copied to the late topic.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source_key: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +120,9 @@ pub enum ResultRecord {
         event_id: Uuid,
         group: u32,
         values: Vec<FeatureValue>,
+        /// The event was beyond its key's state retention in this group.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        beyond_retention: bool,
     },
 }
 
@@ -402,6 +408,7 @@ mod tests {
                 FeatureValue::Number(0.1 + 0.2),
                 FeatureValue::Text("DE".into()),
             ],
+            beyond_retention: true,
         };
         let back: ResultRecord =
             serde_json::from_slice(&serde_json::to_vec(&r).unwrap_or_default()).unwrap();

@@ -1,5 +1,6 @@
-//! The route stage of keyed mode: reads `events` (group `G.route`), decides lateness at the
-//! source partition, and fans each event out to the repartition topic (one envelope per feature
+//! The route stage of keyed mode: reads `events` (group `G.route`), measures lateness at the
+//! source partition (a flag on the decision: late events are routed and scored like any
+//! other), and fans each event out to the repartition topic (one envelope per feature
 //! group whose key it has) plus a base record to the results topic; publishes each source
 //! partition's watermark to every repartition partition (markers, idle markers).
 //!
@@ -29,6 +30,7 @@ use super::{
     enqueue, partition_count, repartition_key, repartition_of, replay, stage_consumer,
 };
 use crate::app::{WorkerState, dead_letter, send_with_retry};
+use crate::stream::Lateness;
 
 /// The watermark of one source partition and the late rule, as the router applies them.
 #[derive(Debug, Clone, Copy)]
@@ -53,18 +55,18 @@ impl SourceClock {
             .map_or(i64::MIN, |m| m.saturating_sub(self.out_of_orderness_ms))
     }
 
-    /// Admits an event: `Ok` (the watermark may advance) or `Err(lag_ms)` when it is late
-    /// (`t < watermark - allowed_lateness`; a late event does not move the watermark).
-    pub fn admit(&mut self, event_time_ms: i64) -> Result<(), i64> {
-        let w = self.watermark_ms();
-        if event_time_ms < w.saturating_sub(self.allowed_lateness_ms) {
-            return Err(w.saturating_sub(event_time_ms).max(0));
-        }
+    /// Admits an event: its lateness against the watermark before it (too late: behind by
+    /// more than the allowed lateness); then the watermark may advance.
+    pub fn admit(&mut self, event_time_ms: i64) -> Lateness {
+        let lateness_ms = self.watermark_ms().saturating_sub(event_time_ms).max(0);
         self.max_event_time_ms = Some(
             self.max_event_time_ms
                 .map_or(event_time_ms, |m| m.max(event_time_ms)),
         );
-        Ok(())
+        Lateness {
+            lateness_ms,
+            too_late: lateness_ms > self.allowed_lateness_ms,
+        }
     }
 }
 
@@ -226,7 +228,7 @@ impl Router {
             &self.stop,
             |m| {
                 if let Ok(e) = decoder.decode_slice(m.payload().unwrap_or_default(), now_ms()) {
-                    let _ = source.clock.admit(e.event_time_ms);
+                    source.clock.admit(e.event_time_ms);
                 }
             },
         )
@@ -288,60 +290,46 @@ impl Router {
         let topics = self.state.config.kafka.topics.clone();
         let event_key = event.event_id.to_string();
         let mut deliveries: Vec<(Option<DeliveryFuture>, Record)> = Vec::new();
-        let base = match source.clock.admit(event.event_time_ms) {
-            Err(lag_ms) => {
-                self.state.metrics.event("late");
-                ResultRecord::Base {
-                    event: Box::new(event),
-                    groups: Vec::new(),
-                    late: true,
-                    watermark_lag_ms: lag_ms,
-                    read_at_unix_us,
-                    traceparent,
-                    source_key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    source_payload: Some(String::from_utf8_lossy(payload).into_owned()),
-                }
-            }
-            Ok(()) => {
-                let watermark_ms = source.clock.watermark_ms();
-                let lag_ms = watermark_ms.saturating_sub(event.event_time_ms).max(0);
-                let mut groups = Vec::new();
-                let set = self.state.engine.feature_set();
-                for (gi, g) in set.groups().iter().enumerate() {
-                    let Some(key) = g.key_ref(&event) else {
-                        continue;
-                    };
-                    let group = u32::try_from(gi).unwrap_or(u32::MAX);
-                    let q = repartition_of(group, &key, self.repartition_partitions);
-                    let record = RepartitionRecord::Event {
-                        event: Box::new(event.clone()),
-                        group,
-                        src_partition: p,
-                        src_offset: offset,
-                        watermark_ms,
-                        traceparent: traceparent.clone(),
-                    };
-                    let rec = Record {
-                        topic: topics.repartition.clone(),
-                        partition: Some(q),
-                        key: repartition_key(group, &key),
-                        payload: serde_json::to_vec(&record).unwrap_or_default(),
-                    };
-                    let f = rec.enqueue(&self.producer).await;
-                    deliveries.push((f, rec));
-                    groups.push(group);
-                }
-                ResultRecord::Base {
-                    event: Box::new(event),
-                    groups,
-                    late: false,
-                    watermark_lag_ms: lag_ms,
-                    read_at_unix_us,
-                    traceparent,
-                    source_key: None,
-                    source_payload: None,
-                }
-            }
+        let lateness = source.clock.admit(event.event_time_ms);
+        let watermark_ms = source.clock.watermark_ms();
+        let mut groups = Vec::new();
+        let set = self.state.engine.feature_set();
+        for (gi, g) in set.groups().iter().enumerate() {
+            let Some(key) = g.key_ref(&event) else {
+                continue;
+            };
+            let group = u32::try_from(gi).unwrap_or(u32::MAX);
+            let q = repartition_of(group, &key, self.repartition_partitions);
+            let record = RepartitionRecord::Event {
+                event: Box::new(event.clone()),
+                group,
+                src_partition: p,
+                src_offset: offset,
+                watermark_ms,
+                traceparent: traceparent.clone(),
+            };
+            let rec = Record {
+                topic: topics.repartition.clone(),
+                partition: Some(q),
+                key: repartition_key(group, &key),
+                payload: serde_json::to_vec(&record).unwrap_or_default(),
+            };
+            let f = rec.enqueue(&self.producer).await;
+            deliveries.push((f, rec));
+            groups.push(group);
+        }
+        let too_late = lateness.too_late;
+        let base = ResultRecord::Base {
+            event: Box::new(event),
+            groups,
+            late: lateness.late(),
+            lateness_ms: lateness.lateness_ms,
+            read_at_unix_us,
+            traceparent,
+            source_key: too_late
+                .then(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+                .flatten(),
+            source_payload: too_late.then(|| String::from_utf8_lossy(payload).into_owned()),
         };
         let rec = Record {
             topic: topics.feature_results.clone(),
@@ -493,17 +481,18 @@ mod tests {
     use super::SourceClock;
 
     #[test]
-    fn late_is_decided_against_the_watermark_before_the_event() {
+    fn lateness_is_measured_against_the_watermark_before_the_event() {
         let mut c = SourceClock::new(100, 50);
         assert_eq!(c.watermark_ms(), i64::MIN);
-        assert_eq!(c.admit(10_000), Ok(()));
+        assert_eq!(c.admit(10_000).lateness_ms, 0);
         assert_eq!(c.watermark_ms(), 9_900);
-        // Bound 9_850: on the bound is on time, below it is late by its lag to the watermark.
-        assert_eq!(c.admit(9_850), Ok(()));
-        assert_eq!(c.admit(9_849), Err(51));
-        // A late event does not move the watermark; an on-time one may.
+        let l = c.admit(9_850);
+        assert_eq!((l.lateness_ms, l.late(), l.too_late), (50, true, false));
+        let l = c.admit(9_849);
+        assert_eq!((l.lateness_ms, l.too_late), (51, true));
+        // A late event does not move the watermark; a newer one does.
         assert_eq!(c.watermark_ms(), 9_900);
-        assert_eq!(c.admit(10_500), Ok(()));
+        assert_eq!(c.admit(10_500).lateness_ms, 0);
         assert_eq!(c.watermark_ms(), 10_400);
     }
 }

@@ -1,8 +1,12 @@
 //! The state stage of keyed mode: owns the window state of the entities of its repartition
 //! partitions. Per partition it tracks the input watermark (the minimum over the source
-//! partitions of their latest watermark, idle sources excluded), buffers envelopes and releases
-//! them in `(event_time_ms, event_id)` order once `t < W_in - allowed_lateness`, updates the
-//! engine and emits one partial per (event, group) to the results topic.
+//! partitions of their latest watermark, idle sources excluded; it drives nothing a decision
+//! waits for), processes envelopes on arrival (after the short `worker.reorder_wait`, which
+//! sorts what arrives within it by event time), each into its own event-time buckets (late
+//! ones too), and emits one partial per (event, group) to the results
+//! topic. The order of one entity's events is the order of its repartition partition: the
+//! order of its source partition when all its events come from one, otherwise the order in
+//! which the routers' records landed (docs/features.md).
 //!
 //! Exactly-once state through rebalances: envelopes re-sent by a new router are recognised by
 //! their (source partition, source offset, group), which grows monotonically per source on one
@@ -10,7 +14,7 @@
 //! first offset read (the committed one) in restore mode (state updated, nothing emitted), and on
 //! revocation the partition's keys are dropped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,14 +27,13 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Event, FeatureValue};
-use uuid::Uuid;
 
 use super::{
     KeyedError, RepartitionRecord, ResultRecord, STATE_GROUP_SUFFIX, StageConsumer,
     partition_count, repartition_of, replay, stage_consumer,
 };
 use crate::app::{WorkerState, send_with_retry};
-use crate::stream::OffsetTracker;
+use crate::stream::{ClockConfig, OffsetTracker, PartitionClock};
 
 /// The input watermark of one repartition partition: the minimum over the source partitions of
 /// the latest watermark each published; idle sources do not count until they publish again.
@@ -72,86 +75,38 @@ impl InputWatermark {
     }
 }
 
-/// What [`ReleaseBuffer::admit`] did with an envelope.
+/// What [`Dedup::admit`] did with an envelope.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Arrival<T> {
     /// Already received (a router re-sent it after a rebalance): ignore.
     Duplicate,
-    Buffered,
-    /// Behind what was already released (only after an idle source resumed): process now.
-    Behind(T),
+    /// New: process it now.
+    Fresh(T),
 }
 
-/// Sort key of a buffered envelope: event time, event id, group.
-type Slot = (i64, Uuid, u32);
-
-/// The reorder buffer of one repartition partition, with duplicate detection.
-#[derive(Debug)]
-pub struct ReleaseBuffer<T> {
-    items: BTreeMap<Slot, T>,
-    released_max: Option<Slot>,
-    /// Per source partition: the highest (source offset, group) received.
+/// Duplicate detection of one repartition partition: per source partition, the highest
+/// (source offset, group) received.
+#[derive(Debug, Default)]
+pub struct Dedup {
     received: HashMap<i32, (i64, u32)>,
 }
 
-impl<T> Default for ReleaseBuffer<T> {
-    fn default() -> Self {
-        Self {
-            items: BTreeMap::new(),
-            released_max: None,
-            received: HashMap::new(),
-        }
-    }
-}
-
-impl<T> ReleaseBuffer<T> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn admit(
+impl Dedup {
+    pub fn admit<T>(
         &mut self,
         src_partition: i32,
         src_offset: i64,
-        event_time_ms: i64,
-        event_id: Uuid,
         group: u32,
         item: T,
     ) -> Arrival<T> {
         let pos = (src_offset, group);
         match self.received.get(&src_partition) {
-            Some(&last) if pos <= last => return Arrival::Duplicate,
+            Some(&last) if pos <= last => Arrival::Duplicate,
             _ => {
                 self.received.insert(src_partition, pos);
+                Arrival::Fresh(item)
             }
         }
-        let slot = (event_time_ms, event_id, group);
-        if self.released_max.is_some_and(|m| slot <= m) {
-            return Arrival::Behind(item);
-        }
-        self.items.insert(slot, item);
-        Arrival::Buffered
-    }
-
-    /// Takes, in order, the envelopes with `t < input_watermark - allowed_lateness` (all of
-    /// them when every source is idle).
-    pub fn release(&mut self, input_watermark_ms: i64, allowed_lateness_ms: i64) -> Vec<T> {
-        let bound = if input_watermark_ms == i64::MAX {
-            i64::MAX
-        } else {
-            input_watermark_ms.saturating_sub(allowed_lateness_ms)
-        };
-        let mut out = Vec::new();
-        while let Some(entry) = self.items.first_entry() {
-            let slot = *entry.key();
-            if slot.0 >= bound && bound != i64::MAX {
-                break;
-            }
-            self.released_max = Some(slot);
-            out.push(entry.remove());
-        }
-        out
-    }
-
-    pub fn buffered(&self) -> usize {
-        self.items.len()
     }
 }
 
@@ -164,7 +119,9 @@ struct Item {
 
 struct Partition {
     watermark: InputWatermark,
-    buffer: ReleaseBuffer<Item>,
+    dedup: Dedup,
+    /// The reorder wait (`worker.reorder_wait`) of live envelopes; its lateness is unused.
+    reorder: PartitionClock<Item>,
     tracker: OffsetTracker,
 }
 
@@ -177,7 +134,6 @@ struct StateStage {
     group_id: String,
     source_partitions: usize,
     repartition_partitions: i32,
-    allowed_lateness_ms: i64,
     parts: HashMap<i32, Partition>,
     restored: HashSet<i32>,
     in_flight: FuturesUnordered<Acked>,
@@ -210,8 +166,6 @@ pub(crate) async fn run(
         group_id,
         source_partitions,
         repartition_partitions,
-        allowed_lateness_ms: i64::try_from(cfg.worker.state.allowed_lateness.as_millis())
-            .unwrap_or(i64::MAX),
         parts: HashMap::new(),
         restored: HashSet::new(),
         in_flight: FuturesUnordered::new(),
@@ -231,6 +185,17 @@ impl StateStage {
         loop {
             self.handle_revocations();
             let reading = self.in_flight.len() < max_in_flight;
+            let deadline = self
+                .parts
+                .values()
+                .filter_map(|p| p.reorder.next_deadline())
+                .min();
+            let wait_over = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -246,10 +211,11 @@ impl StateStage {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
+                _ = wait_over => self.release_due(Instant::now(), false),
             }
         }
-        // Buffered envelopes are not released at shutdown (that would break the order): they
-        // are not committed, so the next owner restores and releases them.
+        // What still waits is processed now (its partials are produced and committed).
+        self.release_due(Instant::now(), true);
         let deadline = Instant::now() + self.state.config.worker.shutdown_timeout;
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -285,10 +251,30 @@ impl StateStage {
         tracing::info!(partitions = ?revoked, dropped_keys = dropped, "state of revoked partitions dropped");
     }
 
+    /// Processes the envelopes whose reorder wait is over (`all`: every waiting one).
+    fn release_due(&mut self, now: Instant, all: bool) {
+        let qs: Vec<i32> = self.parts.keys().copied().collect();
+        for q in qs {
+            let ready = match self.parts.get_mut(&q) {
+                Some(part) if all => part.reorder.release_all(),
+                Some(part) => part.reorder.release(now),
+                None => continue,
+            };
+            for (item, _) in ready {
+                self.process(q, item, true);
+            }
+        }
+    }
+
     fn new_partition(&self) -> Partition {
         Partition {
             watermark: InputWatermark::new(self.source_partitions),
-            buffer: ReleaseBuffer::default(),
+            dedup: Dedup::default(),
+            reorder: PartitionClock::new(ClockConfig {
+                out_of_orderness_ms: 0,
+                allowed_lateness_ms: 0,
+                reorder_wait: self.state.config.worker.reorder_wait,
+            }),
             tracker: OffsetTracker::default(),
         }
     }
@@ -359,7 +345,7 @@ impl StateStage {
         let Some(part) = self.parts.get_mut(&q) else {
             return;
         };
-        let mut behind = None;
+        let mut fresh = None;
         match record {
             RepartitionRecord::Marker {
                 src_partition,
@@ -378,35 +364,38 @@ impl StateStage {
                 ..
             } => {
                 part.watermark.observe(src_partition, watermark_ms, false);
-                let (t, id) = (event.event_time_ms, event.event_id);
                 let item = Item {
                     event,
                     group,
                     offset,
                 };
-                match part
-                    .buffer
-                    .admit(src_partition, src_offset, t, id, group, item)
-                {
-                    Arrival::Buffered => {}
+                match part.dedup.admit(src_partition, src_offset, group, item) {
+                    Arrival::Fresh(item) => fresh = Some(item),
                     Arrival::Duplicate => self.done_now(q, offset, live),
-                    Arrival::Behind(item) => behind = Some(item),
                 }
             }
         }
-        if let Some(item) = behind {
-            self.state.metrics.event("out_of_order");
-            self.process(q, item, live);
+        let Some(item) = fresh else {
+            return;
+        };
+        if !live {
+            // Restoring: in partition order (the live reorder wait only ever swapped events
+            // less than `reorder_wait` apart in arrival; the state it leaves is the same but
+            // for the order of equal-time `last` entries).
+            self.process(q, item, false);
+            return;
         }
+        let now = Instant::now();
         let ready = match self.parts.get_mut(&q) {
             Some(part) => {
-                let w = part.watermark.value_ms();
-                part.buffer.release(w, self.allowed_lateness_ms)
+                let (t, id) = (item.event.event_time_ms, item.event.event_id);
+                part.reorder.admit(t, id, item, now);
+                part.reorder.release(now)
             }
             None => Vec::new(),
         };
-        for item in ready {
-            self.process(q, item, live);
+        for (item, _) in ready {
+            self.process(q, item, true);
         }
     }
 
@@ -433,12 +422,18 @@ impl StateStage {
             .and_then(|g| g.key_of(&event));
         let result = match &key {
             Some(key) => engine.process_into(gi, key, &event, &mut self.values),
-            None => engine.empty_values_into(gi, &mut self.values),
+            None => engine
+                .empty_values_into(gi, &mut self.values)
+                .map(|()| Default::default()),
         };
-        if let Err(e) = result {
-            tracing::warn!(partition = q, offset, group, error = %e, "envelope for an unknown feature group");
-            self.values.clear();
-        }
+        let beyond_retention = match result {
+            Ok(outcome) => outcome.beyond_retention,
+            Err(e) => {
+                tracing::warn!(partition = q, offset, group, error = %e, "envelope for an unknown feature group");
+                self.values.clear();
+                false
+            }
+        };
         if !live {
             return;
         }
@@ -446,6 +441,7 @@ impl StateStage {
             event_id: event.event_id,
             group,
             values: std::mem::take(&mut self.values),
+            beyond_retention,
         };
         let payload = serde_json::to_vec(&partial).unwrap_or_default();
         let key = event.event_id.to_string();
@@ -490,10 +486,6 @@ impl StateStage {
 mod tests {
     use super::*;
 
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
-    }
-
     #[test]
     fn input_watermark_is_the_minimum_of_active_sources() {
         let mut w = InputWatermark::new(3);
@@ -522,29 +514,15 @@ mod tests {
     }
 
     #[test]
-    fn releases_in_event_time_then_id_order_strictly_below_the_bound() {
-        let mut b = ReleaseBuffer::default();
-        for (off, t, n) in [(0, 1000, 2), (1, 950, 9), (2, 1000, 1), (3, 1100, 3)] {
-            assert_eq!(b.admit(0, off, t, id(n), 0, (t, n)), Arrival::Buffered);
-        }
-        // Bound 1000 - 0: strictly below, so the two events at 1000 wait.
-        assert_eq!(b.release(1000, 0), vec![(950, 9)]);
-        assert_eq!(b.release(1101, 0), vec![(1000, 1), (1000, 2), (1100, 3)]);
-        assert_eq!(b.buffered(), 0);
-    }
-
-    #[test]
-    fn resent_envelopes_are_duplicates_and_older_ones_are_behind() {
-        let mut b = ReleaseBuffer::default();
-        assert_eq!(b.admit(1, 10, 500, id(1), 0, 'a'), Arrival::Buffered);
-        assert_eq!(b.admit(1, 10, 500, id(1), 2, 'b'), Arrival::Buffered);
+    fn resent_envelopes_are_duplicates_and_everything_else_is_fresh() {
+        let mut d = Dedup::default();
+        assert_eq!(d.admit(1, 10, 0, 'a'), Arrival::Fresh('a'));
+        assert_eq!(d.admit(1, 10, 2, 'b'), Arrival::Fresh('b'));
         // A new router replays offsets 10..: every copy is recognised.
-        assert_eq!(b.admit(1, 10, 500, id(1), 0, 'x'), Arrival::Duplicate);
-        assert_eq!(b.admit(1, 10, 500, id(1), 2, 'x'), Arrival::Duplicate);
-        // Another source's offsets are independent.
-        assert_eq!(b.admit(2, 3, 600, id(2), 0, 'c'), Arrival::Buffered);
-        assert_eq!(b.release(i64::MAX, 0), vec!['a', 'b', 'c']);
-        assert_eq!(b.admit(1, 11, 400, id(3), 0, 'd'), Arrival::Behind('d'));
-        assert_eq!(b.admit(1, 12, 700, id(4), 0, 'e'), Arrival::Buffered);
+        assert_eq!(d.admit(1, 10, 0, 'x'), Arrival::Duplicate);
+        assert_eq!(d.admit(1, 10, 2, 'x'), Arrival::Duplicate);
+        // Another source's offsets are independent; event time plays no part.
+        assert_eq!(d.admit(2, 3, 0, 'c'), Arrival::Fresh('c'));
+        assert_eq!(d.admit(1, 11, 0, 'd'), Arrival::Fresh('d'));
     }
 }

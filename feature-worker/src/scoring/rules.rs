@@ -77,8 +77,16 @@ fn enabled_default() -> bool {
 #[serde(deny_unknown_fields)]
 struct RuleFile {
     version: String,
+    /// The least outcome of an event for which any rule failed at run time (`review` by
+    /// default; `approve` is rejected: a rule error never lets an event through).
+    #[serde(default = "on_rule_error_default")]
+    on_rule_error: Outcome,
     #[serde(default)]
     rules: Vec<Rule>,
+}
+
+fn on_rule_error_default() -> Outcome {
+    Outcome::Review
 }
 
 /// A 1-based line and column.
@@ -183,6 +191,7 @@ struct CompiledRule {
 /// A validated, compiled rule set. Immutable; swapped as a whole through [`RulesHandle`].
 pub struct RuleSet {
     version: String,
+    on_rule_error: Outcome,
     source: String,
     rules: Vec<CompiledRule>,
     /// The root CEL context with the standard functions, built once; each evaluation adds
@@ -279,7 +288,15 @@ impl RuleSet {
                 message: "version must not be empty".into(),
             });
         }
-        let root = Context::default();
+        if file.on_rule_error == Outcome::Approve {
+            problems.push(RuleProblem {
+                rule: None,
+                kind: ProblemKind::Definition,
+                position: None,
+                message: "on_rule_error must be review, challenge or decline: a rule that fails never approves".into(),
+            });
+        }
+        let root = root_context();
         let sample = sample_input(catalog);
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(file.rules.len());
@@ -375,6 +392,7 @@ impl RuleSet {
         }
         Ok(RuleSet {
             version: file.version,
+            on_rule_error: file.on_rule_error,
             source: text.to_string(),
             rules,
             root,
@@ -383,6 +401,11 @@ impl RuleSet {
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The least outcome of an event for which a rule failed at run time.
+    pub fn on_rule_error(&self) -> Outcome {
+        self.on_rule_error
     }
 
     /// Every rule, enabled or not, in file order.
@@ -518,6 +541,30 @@ impl RulesHandle {
         self.current.store(Arc::new(new));
         Ok(version)
     }
+}
+
+/// The CEL function `value_or(x, default)`: `x`, or `default` when `x` is null (an empty
+/// window of an `avg` / `min` / `max` / `last` / `time_since_last` feature).
+pub const FN_VALUE_OR: &str = "value_or";
+
+fn value_or(
+    cel::extractors::Arguments(args): cel::extractors::Arguments,
+) -> Result<Value, ExecutionError> {
+    match args.as_slice() {
+        [Value::Null, default] => Ok(default.clone()),
+        [v, _] => Ok(v.clone()),
+        _ => Err(ExecutionError::function_error(
+            FN_VALUE_OR,
+            "takes two arguments: value_or(x, default)",
+        )),
+    }
+}
+
+/// The standard CEL functions and riskstream's null-safe helper.
+fn root_context() -> Context<'static> {
+    let mut ctx = Context::default();
+    ctx.add_function(FN_VALUE_OR, value_or);
+    ctx
 }
 
 /// Walks the parsed AST and reports names that do not exist.

@@ -39,6 +39,7 @@ pub const KIND_SYSTEM: &str = "system";
 pub const CODE_SCORING_ERROR: &str = "scoring_error";
 pub const CODE_RULE_ERROR: &str = "rule_error";
 pub const CODE_LATE_EVENT: &str = "late_event";
+pub const CODE_BEYOND_RETENTION: &str = "beyond_retention";
 /// List reason codes.
 pub const CODE_BLOCK_LIST: &str = "block_list";
 pub const CODE_ALLOW_LIST: &str = "allow_list";
@@ -48,9 +49,13 @@ pub const CODE_ALLOW_LIST: &str = "allow_list";
 pub struct DecideContext {
     /// W3C trace id of the transaction's trace.
     pub trace_id: String,
-    /// The event is behind the watermark by more than the allowed lateness.
+    /// The event is behind its partition's watermark.
     pub late: bool,
-    pub watermark_lag_ms: i64,
+    /// How far behind (0: not).
+    pub lateness_ms: i64,
+    /// Older than its key's newest event by more than the key retention: its features come
+    /// from the retained state only.
+    pub beyond_retention: bool,
     /// When the worker read the event: the decision's `processing_latency_us` counts from here.
     pub started: Instant,
 }
@@ -61,7 +66,8 @@ impl DecideContext {
         Self {
             trace_id: trace_id.into(),
             late: false,
-            watermark_lag_ms: 0,
+            lateness_ms: 0,
+            beyond_retention: false,
             started: Instant::now(),
         }
     }
@@ -264,7 +270,20 @@ impl Scorer {
             decision.reasons.push(Reason {
                 kind: KIND_SYSTEM.into(),
                 code: CODE_LATE_EVENT.into(),
-                detail: format!("{} ms behind the watermark", ctx.watermark_lag_ms),
+                detail: format!(
+                    "{} ms behind the watermark; scored with event-time features",
+                    ctx.lateness_ms
+                ),
+                contribution: None,
+            });
+        }
+        if ctx.beyond_retention {
+            decision.reasons.push(Reason {
+                kind: KIND_SYSTEM.into(),
+                code: CODE_BEYOND_RETENTION.into(),
+                detail:
+                    "older than its key's state retention: features from the retained state only"
+                        .into(),
                 contribution: None,
             });
         }
@@ -343,7 +362,11 @@ impl Scorer {
 
         let score = (acted_out.score + evaluation.score_adjustment()).clamp(0.0, 1.0);
         let by_score = self.thresholds.outcome(score);
-        let forced = evaluation.forced_outcome().unwrap_or(Outcome::Approve);
+        let mut forced = evaluation.forced_outcome().unwrap_or(Outcome::Approve);
+        if !evaluation.errors.is_empty() {
+            // A rule that cannot be evaluated never lets the event through unexamined.
+            forced = forced.max(rules.on_rule_error());
+        }
         let outcome = if verdict.block.is_some() {
             Outcome::Decline
         } else if verdict.allow.is_some() {
@@ -385,7 +408,7 @@ impl Scorer {
             models: scores,
             rules_version: rules.version().to_string(),
             late: ctx.late,
-            watermark_lag_ms: ctx.watermark_lag_ms,
+            lateness_ms: ctx.lateness_ms,
             processing_latency_us: 0,
         })
     }
@@ -501,7 +524,7 @@ fn error_decision(
         models: Vec::new(),
         rules_version: rules.version().to_string(),
         late: ctx.late,
-        watermark_lag_ms: ctx.watermark_lag_ms,
+        lateness_ms: ctx.lateness_ms,
         processing_latency_us: 0,
     }
 }
