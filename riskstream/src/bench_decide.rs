@@ -52,12 +52,16 @@ pub struct DecideBench {
     /// `linger.ms` of every producer.
     #[arg(long, default_value_t = 2)]
     pub linger_ms: u64,
-    /// The worker's bounded out-of-orderness (an event waits for the watermark to pass it).
+    /// The worker's bounded out-of-orderness (drives the watermark: lateness, state expiry).
     #[arg(long, default_value_t = 1)]
     pub out_of_orderness_ms: u64,
-    /// The worker's idle timeout (a quiet partition releases its reorder buffer).
+    /// The worker's idle timeout (a quiet partition stops holding the watermark back).
     #[arg(long, default_value_t = 2)]
     pub idle_timeout_ms: u64,
+    /// The worker's reorder wait (`worker.reorder_wait`: how long an event may wait for
+    /// earlier-timed ones before it is decided; default: the shipped setting).
+    #[arg(long)]
+    pub reorder_wait_ms: Option<u64>,
     /// The per-request deadline (`?timeout_ms=`); past it the answer is 202 (counted as an error).
     #[arg(long, default_value_t = 1_000)]
     pub timeout_ms: u64,
@@ -175,12 +179,14 @@ pub async fn run(a: DecideBench) -> anyhow::Result<()> {
         broker.describe()
     );
     println!(
-        "client settings (both paths): fetch.wait.max.ms={} linger.ms={} compression={} acks=all idempotent; worker out_of_orderness={} ms idle_timeout={} ms; request deadline {} ms",
+        "client settings (both paths): fetch.wait.max.ms={} linger.ms={} compression={} acks=all idempotent; worker out_of_orderness={} ms idle_timeout={} ms reorder_wait={}; request deadline {} ms",
         fetch_wait_max_ms,
         a.linger_ms,
         kafka.compression,
         a.out_of_orderness_ms,
         a.idle_timeout_ms,
+        a.reorder_wait_ms
+            .map_or_else(|| "shipped".to_string(), |ms| format!("{ms} ms")),
         a.timeout_ms
     );
 
@@ -260,6 +266,9 @@ async fn start_worker(
         idle_timeout: Duration::from_millis(a.idle_timeout_ms.max(1)),
         ..WorkerConfig::default()
     };
+    if let Some(ms) = a.reorder_wait_ms {
+        worker.reorder_wait = Duration::from_millis(ms);
+    }
     worker.scoring.rules_path = dir.join("rules.toml");
     worker.scoring.models_dir = dir.join("models");
     worker.scoring.lists_path = Some(dir.join("lists").join("lists.csv"));
