@@ -495,6 +495,7 @@ impl Loop {
             late,
             lateness_ms: lateness.lateness_ms,
             beyond_retention: outcome.beyond_retention,
+            features_incomplete: false,
             started: pending.read_at,
         };
         let decision = tracing::info_span!("score", otel.name = "riskstream.score")

@@ -404,3 +404,89 @@ async fn local_mode_still_gives_the_reference_values_on_one_partition() {
         .expect("worker drains in time")
         .expect("worker task");
 }
+
+/// A join whose partials never come (here: a base record for two feature groups, one partial,
+/// written straight to the results topic) is still decided at `join_timeout`, never approved:
+/// the missing group's features are null, the outcome is at least `review`, and the reason
+/// says the features are incomplete. Nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_join_is_decided_at_its_timeout_with_null_features_and_review() {
+    use riskstream_feature_worker::keyed::ResultRecord;
+    let topics = Topics::with_suffix(&riskstream_testkit::unique("keyed-expiry"));
+    let broker = TestKafka::with_topics(PARTITIONS, &topics);
+    let mut config = worker_config(&broker, &topics);
+    config.worker.join_timeout = Duration::from_secs(1);
+    let set = FeatureSet::from_file(&config.worker.features_path).expect("features");
+    assert!(
+        set.groups().len() >= 2,
+        "the shipped features have several groups"
+    );
+    let (first, second) = (&set.groups()[0], &set.groups()[1]);
+    let (stop, handle) = start_worker(&config).await;
+
+    let event = events(1, 3).remove(0);
+    let base = ResultRecord::Base {
+        event: Box::new(event.clone()),
+        groups: vec![0, 1],
+        late: false,
+        lateness_ms: 0,
+        read_at_unix_us: riskstream_common::now_ms() * 1000,
+        traceparent: None,
+        source_key: None,
+        source_payload: None,
+    };
+    let partial = ResultRecord::Partial {
+        event_id: event.event_id,
+        group: 0,
+        values: first
+            .features()
+            .iter()
+            .map(|_| FeatureValue::Number(1.0))
+            .collect(),
+        beyond_retention: false,
+    };
+    let producer: FutureProducer = config.kafka.producer().expect("producer");
+    let key = event.event_id.to_string();
+    for record in [&base, &partial] {
+        let payload = serde_json::to_vec(record).unwrap();
+        producer
+            .send(
+                FutureRecord::to(&topics.feature_results)
+                    .key(&key)
+                    .payload(&payload),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .expect("produce");
+    }
+
+    let mut reader = DecisionReader::new(&config.kafka, &topics.decisions);
+    reader.read_until(1, Duration::from_secs(60)).await;
+    let d = reader
+        .decisions
+        .get(&event.event_id)
+        .expect("the incomplete join was decided");
+    assert!(
+        d.outcome >= riskstream_common::Outcome::Review,
+        "never approve: {:?}",
+        d.outcome
+    );
+    assert!(
+        d.reasons.iter().any(|r| r.code == "features_incomplete"),
+        "{:?}",
+        d.reasons
+    );
+    for f in second.features() {
+        assert_eq!(
+            d.features.get(f.name()),
+            Some(&FeatureValue::Null),
+            "{} of the missing group is null",
+            f.name()
+        );
+    }
+    for f in first.features() {
+        assert_eq!(d.features.get(f.name()), Some(&FeatureValue::Number(1.0)));
+    }
+    stop.cancel();
+    handle.await.unwrap();
+}

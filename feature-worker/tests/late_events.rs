@@ -91,6 +91,7 @@ fn run_worker_core(set: FeatureSet, arrivals: Vec<Event>) -> BTreeMap<Uuid, Deci
                 late: lateness.late(),
                 lateness_ms: lateness.lateness_ms,
                 beyond_retention: outcome.beyond_retention,
+                features_incomplete: false,
                 ..DecideContext::new("4bf92f3577b34da6a3ce929d0e0e4736")
             };
             out.insert(e.event_id, scorer.decide(&e, &features, &ctx));

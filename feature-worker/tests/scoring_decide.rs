@@ -471,6 +471,23 @@ fn a_late_event_is_flagged_with_a_reason() {
     assert_eq!(st.decisions.iter().map(|(_, n)| n).sum::<u64>(), 1);
 }
 
+#[test]
+fn incomplete_features_never_approve_and_say_so() {
+    let s = scorer();
+    // The same event and features approve when complete (see the late test above)...
+    let complete = s.decide(&event(50.0), &feats(-3.0), &DecideContext::new(TRACE_ID));
+    assert_eq!(complete.outcome, Outcome::Approve);
+    assert!(!has_reason(&complete, "system", "features_incomplete"));
+    // ...and are at least reviewed when some feature groups never arrived.
+    let ctx = DecideContext {
+        features_incomplete: true,
+        ..DecideContext::new(TRACE_ID)
+    };
+    let d = s.decide(&event(50.0), &feats(-3.0), &ctx);
+    assert_eq!(d.outcome, Outcome::Review);
+    assert!(has_reason(&d, "system", "features_incomplete"));
+}
+
 fn shipped_config() -> ScoringConfig {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     ScoringConfig {

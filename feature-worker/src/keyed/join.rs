@@ -60,8 +60,8 @@ impl Pending {
 }
 
 type Entry = Arc<Mutex<Pending>>;
-/// Offsets of joins that expired or were evicted, per join.
-type Expired = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
+/// Joins that expired or were evicted incomplete (taken out of their cache entries).
+type Expired = Arc<Mutex<Vec<(Uuid, Pending)>>>;
 type Acked = Pin<Box<dyn std::future::Future<Output = Vec<(i32, i64)>> + Send>>;
 
 struct Joiner {
@@ -96,11 +96,12 @@ pub(crate) async fn run(
         .time_to_live(cfg.worker.join_timeout)
         .eviction_listener(move |id: Arc<Uuid>, entry: Entry, cause| {
             if matches!(cause, RemovalCause::Expired | RemovalCause::Size) {
-                let p = entry.lock().unwrap_or_else(PoisonError::into_inner);
-                tracing::warn!(event_id = %id, cause = ?cause, has_base = p.base.is_some(), partials = p.partials.len(), "incomplete feature join given up");
+                let mut p = entry.lock().unwrap_or_else(PoisonError::into_inner);
+                tracing::warn!(event_id = %id, cause = ?cause, has_base = p.base.is_some(), partials = p.partials.len(), "feature join incomplete at its timeout");
+                let taken = std::mem::take(&mut *p);
                 sink.lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(p.offsets.clone());
+                    .push((*id, taken));
             }
         })
         .build();
@@ -195,9 +196,19 @@ impl Joiner {
         self.pending.run_pending_tasks();
         let expired =
             std::mem::take(&mut *self.expired.lock().unwrap_or_else(PoisonError::into_inner));
-        for offsets in expired {
+        for (id, pending) in expired {
             self.state.metrics.event("join_expired");
-            self.acknowledged(&offsets);
+            if pending.base.is_some() {
+                // Nothing is lost: decided with the missing groups' features null (at least
+                // `review`, reason `features_incomplete`).
+                self.decided.insert(id, ());
+                self.decide(pending);
+            } else {
+                // Only partials: the event itself never reached this join (its base record
+                // is on the results topic; a redelivery decides it).
+                tracing::error!(event_id = %id, partials = pending.partials.len(), "feature join without its event given up");
+                self.acknowledged(&pending.offsets);
+            }
         }
     }
 
@@ -311,6 +322,11 @@ impl Joiner {
                         let group = u32::try_from(gi).unwrap_or(u32::MAX);
                         match partials.get(&group) {
                             Some((v, _)) => values.extend(v.iter().cloned()),
+                            // Expected but never arrived (an expired join): unknown.
+                            None if base.groups.contains(&group) => {
+                                values.extend(g.features().iter().map(|_| FeatureValue::Null));
+                            }
+                            // The event has no key for this group: its empty aggregates.
                             None => {
                                 let _ = engine.empty_values_into(gi, &mut values);
                             }
@@ -341,6 +357,7 @@ impl Joiner {
             late: base.late,
             lateness_ms: base.lateness_ms,
             beyond_retention,
+            features_incomplete: base.groups.iter().any(|g| !partials.contains_key(g)),
             started,
         };
         let decision = tracing::info_span!("score", otel.name = "riskstream.score")

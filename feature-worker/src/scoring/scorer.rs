@@ -40,6 +40,7 @@ pub const CODE_SCORING_ERROR: &str = "scoring_error";
 pub const CODE_RULE_ERROR: &str = "rule_error";
 pub const CODE_LATE_EVENT: &str = "late_event";
 pub const CODE_BEYOND_RETENTION: &str = "beyond_retention";
+pub const CODE_FEATURES_INCOMPLETE: &str = "features_incomplete";
 /// List reason codes.
 pub const CODE_BLOCK_LIST: &str = "block_list";
 pub const CODE_ALLOW_LIST: &str = "allow_list";
@@ -56,6 +57,10 @@ pub struct DecideContext {
     /// Older than its key's newest event by more than the key retention: its features come
     /// from the retained state only.
     pub beyond_retention: bool,
+    /// Some of the event's features could not be computed (keyed mode: a feature group's
+    /// partial never arrived within `worker.join_timeout`); they are null, and the outcome is
+    /// at least `review`.
+    pub features_incomplete: bool,
     /// When the worker read the event: the decision's `processing_latency_us` counts from here.
     pub started: Instant,
 }
@@ -68,6 +73,7 @@ impl DecideContext {
             late: false,
             lateness_ms: 0,
             beyond_retention: false,
+            features_incomplete: false,
             started: Instant::now(),
         }
     }
@@ -284,6 +290,17 @@ impl Scorer {
                 detail:
                     "older than its key's state retention: features from the retained state only"
                         .into(),
+                contribution: None,
+            });
+        }
+        if ctx.features_incomplete {
+            // Missing features never approve: a human looks at it.
+            decision.outcome = decision.outcome.max(Outcome::Review);
+            decision.reasons.push(Reason {
+                kind: KIND_SYSTEM.into(),
+                code: CODE_FEATURES_INCOMPLETE.into(),
+                detail: "some feature groups were not computed in time; their features are null"
+                    .into(),
                 contribution: None,
             });
         }
