@@ -8,6 +8,7 @@ pub mod decision;
 pub mod event;
 pub mod generator;
 pub mod kafka;
+pub mod lag;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

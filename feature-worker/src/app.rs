@@ -80,15 +80,29 @@ pub fn catalog_of(set: &FeatureSet) -> FeatureCatalog {
     }))
 }
 
-/// Revocations noticed by the consumer's rebalance callback, handled by the loop.
-#[derive(Default)]
+/// Revocations noticed by the consumer's rebalance callback, handled by the loop; lag from
+/// the consumer's statistics.
 pub struct WorkerContext {
     revoked: Mutex<Vec<i32>>,
+    lag: riskstream_common::lag::LagReporter,
+}
+
+impl WorkerContext {
+    pub fn new(lag: riskstream_common::lag::LagReporter) -> Self {
+        Self {
+            revoked: Mutex::default(),
+            lag,
+        }
+    }
 }
 
 impl ClientContext for WorkerContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         riskstream_common::kafka::log_client_error(&error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.lag.report(&statistics);
     }
 }
 
@@ -150,10 +164,11 @@ impl App {
             &config.worker.scoring.rules_path,
         ));
         let engine = FeatureEngine::new(set, config.worker.state.clone());
-        let consumer: Consumer_ = config
-            .kafka
-            .consumer_config(&config.worker.group_id)
-            .create_with_context(WorkerContext::default())?;
+        let metrics = WorkerMetrics::new();
+        let mut consumer_config = config.kafka.consumer_config(&config.worker.group_id);
+        riskstream_common::lag::LagReporter::enable(&mut consumer_config);
+        let consumer: Consumer_ = consumer_config
+            .create_with_context(WorkerContext::new(metrics.lag_reporter("local")))?;
         if config.worker.mode == crate::config::WorkerMode::Local {
             // Keyed mode reads through its own per-stage consumers (crate::keyed).
             consumer.subscribe(&[config.kafka.topics.events.as_str()])?;
@@ -166,7 +181,7 @@ impl App {
             state: WorkerState {
                 engine: Arc::new(engine),
                 scorer: Arc::new(scorer),
-                metrics: WorkerMetrics::new(),
+                metrics,
                 config: Arc::new(config),
                 control,
             },

@@ -43,6 +43,8 @@ pub struct WorkerMetrics {
     pub state_bytes: Gauge,
     pub state_evictions: Family<CauseLabel, Counter>,
     seen_evictions: Arc<[AtomicU64; 3]>,
+    /// Committed lag of each stage's consumer (`local`, `route`, `state`, `join`).
+    pub consumer_lag: riskstream_common::lag::LagGauges,
 }
 
 impl WorkerMetrics {
@@ -86,6 +88,12 @@ impl WorkerMetrics {
             "Keys evicted from window state by cause (size = state lost)",
             state_evictions.clone(),
         );
+        let consumer_lag = riskstream_common::lag::LagGauges::default();
+        r.register(
+            "consumer_lag",
+            "Messages behind the high watermark from the committed offsets, per stage's consumer",
+            consumer_lag.clone(),
+        );
         Self {
             registry: Arc::new(r),
             events,
@@ -96,6 +104,7 @@ impl WorkerMetrics {
             state_bytes,
             state_evictions,
             seen_evictions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
+            consumer_lag,
         }
     }
 
@@ -114,6 +123,11 @@ impl WorkerMetrics {
                 timeliness: label.to_string(),
             })
             .inc();
+    }
+
+    /// The lag reporter of one stage's consumer.
+    pub fn lag_reporter(&self, stage: &'static str) -> riskstream_common::lag::LagReporter {
+        riskstream_common::lag::LagReporter::new(self.consumer_lag.clone(), stage)
     }
 
     pub fn decided(&self, d: &Decision, latency: Duration) {

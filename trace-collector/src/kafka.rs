@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use riskstream_common::lag::{LagContext, LagReporter};
+
+/// The receivers' consumer: lag reported from its statistics.
+type ReceiverConsumer = StreamConsumer<LagContext>;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use riskstream_common::Decision;
@@ -184,7 +188,7 @@ pub enum Stream {
 /// Runs a Kafka receiver until `stop` is cancelled; then stops reading, waits for the queued
 /// rows' acknowledgements (bounded by the sink's hard stop) and stores their offsets.
 pub struct KafkaReceiver {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<ReceiverConsumer>,
     topic: String,
     stream: Stream,
     dead_letters: Option<DeadLetters>,
@@ -208,11 +212,19 @@ impl KafkaReceiver {
             Stream::Spans => format!("{group_id}.spans"),
             Stream::Decisions => format!("{group_id}.decisions"),
         };
-        let consumer: StreamConsumer = kafka
-            .consumer_config(&group)
-            // A full queue pauses reading for as long as ClickHouse is down.
-            .set("max.poll.interval.ms", "86400000")
-            .create()
+        let stage = match stream {
+            Stream::Spans => "spans",
+            Stream::Decisions => "decisions",
+        };
+        let mut config = kafka.consumer_config(&group);
+        // A full queue pauses reading for as long as ClickHouse is down.
+        config.set("max.poll.interval.ms", "86400000");
+        LagReporter::enable(&mut config);
+        let consumer: ReceiverConsumer = config
+            .create_with_context(LagContext(LagReporter::new(
+                metrics.consumer_lag.clone(),
+                stage,
+            )))
             .map_err(KafkaReceiverError::Consumer)?;
         consumer
             .subscribe(&[topic.as_str()])
@@ -341,7 +353,7 @@ impl KafkaReceiver {
 }
 
 async fn ack_in_order(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<ReceiverConsumer>,
     topic: String,
     mut pending: mpsc::Receiver<Pending>,
     dead_letters: Option<DeadLetters>,

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub insert_errors: Family<TableLabels, Counter>,
     pub queue_rows: Family<TableLabels, Gauge>,
     pub dead_lettered: Family<RejectLabels, Counter>,
+    /// Committed lag of the Kafka receivers' consumers (stage `spans`, `decisions`).
+    pub consumer_lag: riskstream_common::lag::LagGauges,
 }
 
 impl Default for Metrics {
@@ -117,6 +119,12 @@ impl Metrics {
             "Records written to the dead-letter topic, by receiver and reason",
             dead_lettered.clone(),
         );
+        let consumer_lag = riskstream_common::lag::LagGauges::default();
+        registry.register(
+            "consumer_lag",
+            "Messages behind the high watermark from the committed offsets, per Kafka receiver",
+            consumer_lag.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             received,
@@ -127,6 +135,7 @@ impl Metrics {
             insert_errors,
             queue_rows,
             dead_lettered,
+            consumer_lag,
         }
     }
 

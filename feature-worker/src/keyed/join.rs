@@ -88,6 +88,7 @@ pub(crate) async fn run(
         &group_id,
         &cfg.kafka.topics.feature_results,
         false,
+        state.metrics.lag_reporter("join"),
     )?);
     let expired: Expired = Arc::default();
     let sink = expired.clone();

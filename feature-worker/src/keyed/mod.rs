@@ -144,6 +144,7 @@ pub fn repartition_key(group: u32, key: &str) -> String {
 pub struct StageContext {
     assigned: Mutex<HashSet<i32>>,
     revoked: Mutex<Vec<i32>>,
+    lag: Option<riskstream_common::lag::LagReporter>,
 }
 
 impl StageContext {
@@ -162,6 +163,12 @@ impl StageContext {
 impl ClientContext for StageContext {
     fn error(&self, error: KafkaError, reason: &str) {
         riskstream_common::kafka::log_client_error(&error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(lag) = &self.lag {
+            lag.report(&statistics);
+        }
     }
 }
 
@@ -214,12 +221,17 @@ pub(crate) fn stage_consumer(
     group_id: &str,
     topic: &str,
     partition_eof: bool,
+    lag: riskstream_common::lag::LagReporter,
 ) -> Result<StageConsumer, KafkaError> {
     let mut cfg = kafka.consumer_config(group_id);
     if partition_eof {
         cfg.set("enable.partition.eof", "true");
     }
-    let consumer: StageConsumer = cfg.create_with_context(StageContext::default())?;
+    riskstream_common::lag::LagReporter::enable(&mut cfg);
+    let consumer: StageConsumer = cfg.create_with_context(StageContext {
+        lag: Some(lag),
+        ..StageContext::default()
+    })?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }

@@ -111,6 +111,7 @@ pub(crate) async fn run(
         &group_id,
         &cfg.kafka.topics.events,
         true,
+        state.metrics.lag_reporter("route"),
     )?);
     let decoder = EventDecoder::new(riskstream_common::DecodeLimits {
         max_event_size_bytes: 1024 * 1024,

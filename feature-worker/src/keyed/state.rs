@@ -158,6 +158,7 @@ pub(crate) async fn run(
         &group_id,
         &topics.repartition,
         false,
+        state.metrics.lag_reporter("state"),
     )?);
     let mut stage = StateStage {
         state,
