@@ -120,6 +120,26 @@ pub fn init(
     service_name: &str,
     kafka: Option<&KafkaConfig>,
 ) -> TelemetryGuard {
+    init_with(cfg, service_name, kafka, None)
+}
+
+/// As [`init`], but the log (at `log_level`) goes to `log_file` (appended) and only warnings
+/// and errors reach stderr: for the demo, whose terminal shows progress, not a log.
+pub fn init_with_log_file(
+    cfg: &TelemetryConfig,
+    service_name: &str,
+    kafka: Option<&KafkaConfig>,
+    log_file: std::fs::File,
+) -> TelemetryGuard {
+    init_with(cfg, service_name, kafka, Some(log_file))
+}
+
+fn init_with(
+    cfg: &TelemetryConfig,
+    service_name: &str,
+    kafka: Option<&KafkaConfig>,
+    log_file: Option<std::fs::File>,
+) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -133,12 +153,26 @@ pub fn init(
             .with_tracer(p.tracer(service_name.to_string()))
             .with_filter(targets)
     });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(otel);
-    let result = if cfg.log_format == "json" {
-        registry.with(fmt.json().with_filter(filter)).try_init()
-    } else {
-        registry.with(fmt.with_filter(filter)).try_init()
+    let result = match log_file {
+        Some(file) => {
+            let to_file = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .with_filter(filter);
+            let warnings = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(tracing::level_filters::LevelFilter::WARN);
+            registry.with(to_file).with(warnings).try_init()
+        }
+        None => {
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            if cfg.log_format == "json" {
+                registry.with(fmt.json().with_filter(filter)).try_init()
+            } else {
+                registry.with(fmt.with_filter(filter)).try_init()
+            }
+        }
     };
     if result.is_err() {
         tracing::debug!("telemetry was already initialised in this process");

@@ -16,7 +16,7 @@ use riskstream_common::kafka::KafkaConfig;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 use riskstream_common::{Decision, Outcome};
 
-use crate::cli::{Failure, ServiceArgs, load_config, logging_only};
+use crate::cli::{Failure, ServiceArgs, load_config};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -36,6 +36,10 @@ pub struct DemoArgs {
     pub duration: Option<Duration>,
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Where the services' log goes (only warnings reach the terminal); default:
+    /// `riskstream-demo.log` in the system's temporary directory.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), Failure> {
@@ -46,7 +50,25 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         },
         None,
     )?;
-    let _telemetry = logging_only(&cfg);
+    let log_path = args
+        .log_file
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("riskstream-demo.log"));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening the demo's log file {}", log_path.display()))?;
+    let _telemetry = riskstream_common::telemetry::init_with_log_file(
+        &riskstream_common::telemetry::TelemetryConfig {
+            traces_exporter: riskstream_common::telemetry::exporter::NONE.into(),
+            ..cfg.telemetry.clone()
+        },
+        "riskstream",
+        None,
+        log_file,
+    );
+    println!("log={}", log_path.display());
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     if let Some(d) = args.duration {
@@ -129,9 +151,15 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
             }
         }
     }
+    // Consumers commit and close on threads of their own (bounded); the broker goes last, so
+    // no client still closing reports it gone.
+    tokio::time::sleep(BROKER_STOP_GRACE).await;
     broker.stop();
     Ok(())
 }
+
+/// How long the demo's broker outlives the services it served.
+const BROKER_STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Posts generated traffic to ingest in small batches at `rate` events per second.
 async fn traffic(url: String, rate: f64, shutdown: CancellationToken) -> anyhow::Result<()> {

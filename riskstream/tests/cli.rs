@@ -431,13 +431,17 @@ async fn mock_broker_on_a_chosen_port_serves_produce_and_fetch() {
 }
 
 /// The demo path on the embedded mock broker (no servers): generated traffic through ingest is
-/// decided, and the run ends cleanly at `--duration`.
+/// decided, the run ends cleanly at `--duration`, the services' log goes to the log file it
+/// names, and a healthy run prints no warning or error to the terminal.
 #[test]
 fn demo_on_the_embedded_broker_decides_generated_traffic() {
+    let log = std::env::temp_dir().join(format!("{}.log", riskstream_testkit::unique("demo")));
     let out = Command::new(BIN)
         .current_dir(support::repo())
         .args([
             "demo",
+            "--log-file",
+            log.to_str().unwrap(),
             "--duration",
             "10s",
             "--rate",
@@ -464,4 +468,19 @@ fn demo_on_the_embedded_broker_decides_generated_traffic() {
         .filter_map(|kv| kv.split_once('=')?.1.parse::<u64>().ok())
         .sum();
     assert!(decided > 100, "only {decided} decisions: {stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("ERROR"),
+        "a healthy demo warns about nothing: {stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("log={}", log.display())),
+        "the demo names its log file: {stdout}"
+    );
+    let logged = std::fs::read_to_string(&log).expect("the log file was written");
+    assert!(
+        logged.contains("riskstream_feature_worker"),
+        "the services log to the file: {logged}"
+    );
+    let _ = std::fs::remove_file(&log);
 }
