@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
+    /// Address of the query API (Jaeger-compatible `/api/...`, `/v1/...`) and `/metrics`.
     pub listen: String,
     /// Traces returned by a search without `limit`.
     pub default_search_limit: u32,

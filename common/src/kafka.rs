@@ -48,13 +48,21 @@ pub mod header {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Topics {
+    /// Transactions from ingest and `produce` (key: the partition key, header `traceparent`).
     pub events: String,
+    /// Events that could not be decoded (poison), copied with the reason in headers.
     pub events_dlq: String,
+    /// Copies of events later than the allowed lateness (still decided), for replay.
     pub events_late: String,
+    /// One decision per event, keyed by event id (ingest's synchronous endpoint waits on it).
     pub decisions: String,
+    /// OTLP spans of every service (protobuf `ExportTraceServiceRequest`), read by the collector.
     pub otlp_spans: String,
+    /// Span records the collector could not decode, with the reason in headers.
     pub spans_dlq: String,
+    /// Rule-set updates (compacted; one key keeps them in order).
     pub rules: String,
+    /// Allow/block list updates (compacted).
     pub lists: String,
     /// The keyBy repartition topic: events keyed by (feature group, entity key).
     pub repartition: String,
@@ -121,6 +129,7 @@ impl Topics {
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
     pub brokers: String,
+    /// Kafka `client.id` of every client (seen in broker logs and quotas).
     pub client_id: String,
     /// How long the producer keeps trying to deliver one record before reporting failure.
     #[serde(with = "humantime_serde")]
@@ -133,8 +142,10 @@ pub struct KafkaConfig {
     /// does not, which is why the demo sets it to a few milliseconds there.
     #[serde(with = "humantime_serde")]
     pub fetch_wait_max: Duration,
+    /// Consumer group `session.timeout.ms`: how long a silent member keeps its partitions.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Consumer group `heartbeat.interval.ms` (well below the session timeout).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Compression for produced batches: none, gzip, snappy, lz4, zstd.

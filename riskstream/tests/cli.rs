@@ -392,6 +392,42 @@ fn example_config_is_valid_and_shows_the_defaults() {
     );
 }
 
+/// docs/configuration.md is what `scripts/config_reference.py` makes of `riskstream config`
+/// today: every key, its default, its environment variable and its doc comment.
+#[test]
+fn the_configuration_reference_lists_every_key_with_its_default_and_env_name() {
+    let defaults = Command::new(BIN).arg("config").output().unwrap();
+    assert!(defaults.status.success());
+    let mut script = Command::new("python3")
+        .arg(support::repo().join("scripts/config_reference.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the generator");
+    use std::io::Write as _;
+    script
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&defaults.stdout)
+        .unwrap();
+    let generated = script.wait_with_output().unwrap();
+    assert!(generated.status.success());
+    let committed = std::fs::read_to_string(support::repo().join("docs/configuration.md")).unwrap();
+    assert!(
+        committed == String::from_utf8_lossy(&generated.stdout),
+        "docs/configuration.md is stale: run `target/debug/riskstream config | scripts/config_reference.py > docs/configuration.md`"
+    );
+    // And it is a reference: one row per key, each with its env name.
+    let text = String::from_utf8_lossy(&defaults.stdout);
+    let keys = text
+        .lines()
+        .filter(|l| l.contains(" = ") && !l.starts_with('#'))
+        .count();
+    let rows = committed.matches("| `RISKSTREAM__").count();
+    assert_eq!(rows, keys, "one documented row per configuration key");
+}
+
 /// `broker --port P` answers on P (forwarding to the mock cluster's own listener): the
 /// embedded mock broker (the demo's and `riskstream broker`'s) still serves the pipeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

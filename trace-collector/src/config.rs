@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 pub struct ClickHouseConfig {
     /// HTTP interface, e.g. `http://127.0.0.1:8123`.
     pub url: String,
+    /// Database of the spans and decisions tables (created at start).
     pub database: String,
+    /// ClickHouse user.
     pub user: String,
+    /// ClickHouse password.
     pub password: String,
     /// Timeout of one request (insert or query).
     #[serde(with = "humantime_serde")]
@@ -113,6 +116,7 @@ pub struct CollectorSection {
     /// Backoff between attempts of a failed insert: doubles from min to max, with jitter.
     #[serde(with = "humantime_serde")]
     pub retry_backoff_min: Duration,
+    /// Longest backoff between attempts of a failed insert.
     #[serde(with = "humantime_serde")]
     pub retry_backoff_max: Duration,
     /// How long an OTLP request waits for its spans to be stored before getting 503.

@@ -19,8 +19,11 @@ pub const DEFAULT_LISTS_PATH: &str = "config/lists/lists.csv";
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
+    /// Score at or above which the outcome is `decline`.
     pub decline: f64,
+    /// Score at or above which the outcome is `challenge` (e.g. 3-D Secure).
     pub challenge: f64,
+    /// Score at or above which the outcome is `review` (a human looks).
     pub review: f64,
 }
 
