@@ -217,6 +217,9 @@ pub fn trace_json(spans: &[SpanRow]) -> Value {
 }
 
 /// `GET /api/traces/{traceID}`.
+#[utoipa::path(get, path = "/api/traces/{trace_id}", tag = "jaeger",
+    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits")),
+    responses((status = 200, description = "Jaeger `{data: [trace]}` with spans and processes"), (status = 404, description = "No span of this trace"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn get_trace(
     State(state): State<AppState>,
     Path(trace_id): Path<String>,
@@ -230,6 +233,8 @@ pub async fn get_trace(
 }
 
 /// `GET /api/services`.
+#[utoipa::path(get, path = "/api/services", tag = "jaeger",
+    responses((status = 200, description = "Jaeger `{data: [service names]}`"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn services(
     State(state): State<AppState>,
 ) -> Result<Json<Envelope<Vec<String>>>, JaegerError> {
@@ -237,6 +242,9 @@ pub async fn services(
 }
 
 /// `GET /api/services/{service}/operations`: operation names.
+#[utoipa::path(get, path = "/api/services/{service}/operations", tag = "jaeger",
+    params(("service" = String, Path, description = "Service name")),
+    responses((status = 200, description = "Jaeger `{data: [operation names]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn service_operations(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -260,6 +268,10 @@ pub struct OperationsParams {
 }
 
 /// `GET /api/operations?service=&spanKind=`: `[{"name","spanKind"}]`.
+#[utoipa::path(get, path = "/api/operations", tag = "jaeger",
+    params(("service" = String, Query, description = "Service name (required)"),
+           ("spanKind" = Option<String>, Query, description = "server, client, producer, consumer or internal")),
+    responses((status = 200, description = "Jaeger `{data: [{name, spanKind}]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn operations(
     State(state): State<AppState>,
     Query(p): Query<OperationsParams>,
@@ -291,6 +303,16 @@ pub async fn operations(
 }
 
 /// `GET /api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`.
+#[utoipa::path(get, path = "/api/traces", tag = "jaeger",
+    params(("service" = String, Query, description = "Service name (required)"),
+           ("operation" = Option<String>, Query, description = "Operation (span name)"),
+           ("tags" = Option<String>, Query, description = "JSON object of tag filters, e.g. {\"outcome\":\"decline\"}"),
+           ("start" = Option<i64>, Query, description = "Earliest span start, unix microseconds"),
+           ("end" = Option<i64>, Query, description = "Latest span start, unix microseconds"),
+           ("minDuration" = Option<String>, Query, description = "e.g. 10ms"),
+           ("maxDuration" = Option<String>, Query, description = "e.g. 1s"),
+           ("limit" = Option<u32>, Query, description = "Most traces returned")),
+    responses((status = 200, description = "Jaeger `{data: [trace]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn search(
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,

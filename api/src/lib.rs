@@ -143,6 +143,8 @@ async fn track(State(metrics): State<ApiMetrics>, request: Request, next: Next) 
     response
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)")))]
 async fn metrics_route(State(state): State<AppState>) -> Response {
     (
         [(
@@ -154,6 +156,14 @@ async fn metrics_route(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up")))]
+async fn healthz() -> (StatusCode, &'static str) {
+    (StatusCode::OK, "ok")
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "The trace store answers"), (status = 503, description = "It does not")))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.store.ping().await?;
     Ok("ready")
@@ -163,24 +173,53 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
-/// Every route of the api.
+/// The OpenAPI document's frame; every path comes from a handler's `#[utoipa::path]`, through
+/// the same router that serves it, so the document cannot miss a route.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "riskstream api",
+        description = "Traces by Trace ID (Jaeger-compatible under /api, so Grafana's Jaeger data source reads it) and decisions."
+    ),
+    tags(
+        (name = "jaeger", description = "Jaeger query API (the subset Grafana and the Jaeger UI use)"),
+        (name = "riskstream", description = "Traces as trees and decisions"),
+        (name = "operations", description = "Health and metrics")
+    )
+)]
+pub struct ApiDoc;
+
+/// Path of the generated OpenAPI document.
+pub const OPENAPI_ROUTE: &str = "/openapi.json";
+
+/// Every route of the api, and `/openapi.json` describing them.
 pub fn router(state: AppState) -> Router {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
     let metrics = state.metrics.clone();
-    Router::new()
-        .route("/api/traces/{trace_id}", get(jaeger::get_trace))
-        .route("/api/traces", get(jaeger::search))
-        .route("/api/services", get(jaeger::services))
+    let (router, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jaeger::get_trace))
+        .routes(routes!(jaeger::search))
+        .routes(routes!(jaeger::services))
+        .routes(routes!(jaeger::service_operations))
+        .routes(routes!(jaeger::operations))
+        .routes(routes!(native::get_trace))
+        .routes(routes!(native::get_decision))
+        .routes(routes!(native::list_decisions))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_route))
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    router
         .route(
-            "/api/services/{service}/operations",
-            get(jaeger::service_operations),
+            OPENAPI_ROUTE,
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
         )
-        .route("/api/operations", get(jaeger::operations))
-        .route("/v1/traces/{trace_id}", get(native::get_trace))
-        .route("/v1/decisions/{event_id}", get(native::get_decision))
-        .route("/v1/decisions", get(native::list_decisions))
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_route))
         .fallback(not_found)
         .with_state(state)
         .layer(middleware::from_fn_with_state(metrics, track))

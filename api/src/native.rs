@@ -130,6 +130,9 @@ pub fn tree(trace_id: &str, spans: &[SpanRow]) -> TraceTree {
 }
 
 /// `GET /v1/traces/{trace_id}`.
+#[utoipa::path(get, path = "/v1/traces/{trace_id}", tag = "riskstream",
+    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits")),
+    responses((status = 200, description = "The trace as a tree of spans with the decision it led to"), (status = 404, description = "No span of this trace"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn get_trace(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -143,6 +146,9 @@ pub async fn get_trace(
 }
 
 /// `GET /v1/decisions/{event_id}`.
+#[utoipa::path(get, path = "/v1/decisions/{event_id}", tag = "riskstream",
+    params(("event_id" = String, Path, description = "The event's UUID")),
+    responses((status = 200, description = "The decision: outcome, score, reasons, features, models, trace id"), (status = 404, description = "No decision for this event"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn get_decision(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -182,6 +188,12 @@ pub struct DecisionList {
 
 /// `GET /v1/decisions?account_id=&from=&to=&limit=`: most recent first; `from` inclusive,
 /// `to` exclusive (RFC 3339 or epoch milliseconds; default: everything up to now).
+#[utoipa::path(get, path = "/v1/decisions", tag = "riskstream",
+    params(("account_id" = String, Query, description = "Account (required)"),
+           ("from" = Option<String>, Query, description = "RFC 3339 time or unix milliseconds"),
+           ("to" = Option<String>, Query, description = "RFC 3339 time or unix milliseconds"),
+           ("limit" = Option<u32>, Query, description = "Most decisions returned")),
+    responses((status = 200, description = "`{account_id, from_ms, to_ms, decisions: [...]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn list_decisions(
     State(state): State<AppState>,
     Query(p): Query<DecisionsParams>,

@@ -422,6 +422,15 @@ fn checked(bytes: Bytes, id: Uuid) -> Result<Bytes, ApiError> {
 /// `POST /v1/decisions[?timeout_ms=N]`: one event (a JSON object), validated like
 /// `/v1/events`, produced, and answered with its decision (200) or, past the deadline, with
 /// `202 {"event_id","trace_id","status":"pending"}` and `Location: /v1/decisions/{event_id}`.
+#[utoipa::path(post, path = "/v1/decisions", tag = "decisions",
+    params(("timeout_ms" = Option<u64>, Query, description = "Deadline for the decision (default ingest.decision_timeout, at most ingest.max_decision_timeout)"),
+           ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller")),
+    request_body(content = String, content_type = "application/json", description = "One event (docs/events.md)"),
+    responses((status = 200, description = "The decision: outcome, score, reasons, features, trace id"),
+              (status = 202, description = "Past the deadline: `{event_id, trace_id, status: pending}` with `Location: /v1/decisions/{event_id}`"),
+              (status = 400, description = "Invalid event; the error names every bad field"),
+              (status = 413, description = "Body too large"),
+              (status = 503, description = "Kafka did not acknowledge the event (`Retry-After`)")))]
 pub async fn post_decision(
     State(state): State<AppState>,
     query: Result<Query<DecideQuery>, QueryRejection>,
@@ -586,6 +595,11 @@ async fn post_decision_in_span(
 
 /// `GET /v1/decisions/{event_id}`: the decision if this replica saw it within
 /// `ingest.recent_decisions_ttl`, else 404 (stored decisions are served by the api).
+#[utoipa::path(get, path = "/v1/decisions/{event_id}", tag = "decisions",
+    params(("event_id" = String, Path, description = "The event's UUID")),
+    responses((status = 200, description = "The decision, if this replica saw it within ingest.recent_decisions_ttl"),
+              (status = 400, description = "Not a UUID"),
+              (status = 404, description = "Not seen here (stored decisions are served by the api)")))]
 pub async fn get_decision(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

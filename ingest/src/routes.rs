@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer};
@@ -31,22 +31,49 @@ use crate::error::ApiError;
 
 pub const NDJSON: &str = "application/x-ndjson";
 
+/// The OpenAPI document's frame; every path comes from a handler's `#[utoipa::path]`, through
+/// the same router that serves it, so the document cannot miss a route.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "riskstream ingest",
+        description = "The HTTP front door: events to Kafka (202 only after Kafka acknowledged), synchronous decisions."
+    ),
+    tags(
+        (name = "events", description = "Events to Kafka"),
+        (name = "decisions", description = "Synchronous decisions"),
+        (name = "operations", description = "Health and metrics")
+    )
+)]
+pub struct IngestDoc;
+
+/// Path of the generated OpenAPI document.
+pub const OPENAPI_ROUTE: &str = "/openapi.json";
+
 /// The ingest router. Tests call it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
     let limit = state.inner.config.ingest.max_body_bytes;
-    Router::new()
-        .route("/v1/events", post(post_events))
+    let (router, doc) = OpenApiRouter::<AppState>::with_openapi(IngestDoc::openapi())
+        .routes(routes!(post_events))
+        .routes(routes!(crate::decide::post_decision))
+        .routes(routes!(crate::decide::get_decision))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    router
         .route(
-            crate::decide::DECISIONS_ROUTE,
-            post(crate::decide::post_decision),
+            OPENAPI_ROUTE,
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
         )
-        .route(
-            crate::decide::DECISION_ROUTE,
-            get(crate::decide::get_decision),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -74,11 +101,14 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
     resp
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready only when Kafka metadata for the events topic is reachable and we are not draining.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Kafka metadata reachable, not draining"), (status = 503, description = "Kafka unreachable or draining")))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.inner.draining.load(Ordering::SeqCst) {
         return Err(ApiError::new(
@@ -119,6 +149,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus metrics (OpenMetrics text)")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     use prometheus_client::encoding::text::{encode_eof, encode_registry};
     let mut out = String::new();
@@ -245,6 +276,15 @@ pub(crate) fn body_error(r: BytesRejection) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context of the caller")),
+    request_body(content = String, content_type = "application/json", description = "One event, a JSON array of events, or NDJSON (`application/x-ndjson`); fields in docs/events.md"),
+    responses((status = 202, description = "At least one event acknowledged by Kafka (acks=all), none failed: `{accepted, rejected, failed, errors, results}`, one result per event (accepted ones with event_id, trace_id, partition, offset; rejected ones name their fields)"),
+              (status = 400, description = "Malformed JSON (line and column), not an object or array, or no event"),
+              (status = 413, description = "Body over max_body_bytes or more than max_batch_events events"),
+              (status = 415, description = "Not application/json or application/x-ndjson"),
+              (status = 422, description = "Every event invalid; `data` holds the per-event results"),
+              (status = 503, description = "Kafka did not acknowledge some event within produce_timeout (`Retry-After`); only acknowledged events are reported accepted")))]
 async fn post_events(
     State(state): State<AppState>,
     headers_in: HeaderMap,
