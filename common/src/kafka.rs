@@ -150,6 +150,11 @@ pub struct KafkaConfig {
     pub heartbeat_interval: Duration,
     /// Compression for produced batches: none, gzip, snappy, lz4, zstd.
     pub compression: String,
+    /// Static group membership (`group.instance.id`) for this process's group consumers; empty:
+    /// dynamic membership. Give each replica a stable, unique id (a StatefulSet pod name): a
+    /// restart within `session_timeout` takes its partitions back without a rebalance, but a
+    /// stopped member keeps them until `session_timeout` passes.
+    pub group_instance_id: String,
     pub topics: Topics,
     /// Partitions, retention and cleanup of the topics (`riskstream topics create`).
     pub provision: crate::topics::Provision,
@@ -168,6 +173,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             compression: "lz4".into(),
+            group_instance_id: String::new(),
             topics: Topics::default(),
             provision: crate::topics::Provision::default(),
             extra: BTreeMap::new(),
@@ -236,6 +242,9 @@ impl KafkaConfig {
             .set("fetch.wait.max.ms", ms(self.fetch_wait_max))
             .set("session.timeout.ms", ms(self.session_timeout))
             .set("heartbeat.interval.ms", ms(self.heartbeat_interval));
+        if !self.group_instance_id.is_empty() {
+            c.set("group.instance.id", &self.group_instance_id);
+        }
         self.with_extra(c)
     }
 
@@ -365,5 +374,25 @@ where
             ?timeout,
             "kafka consumer still closing after the timeout; moving on"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_membership_only_when_an_instance_id_is_given() {
+        let dynamic = KafkaConfig::default().consumer_config("g");
+        assert_eq!(dynamic.get("group.instance.id"), None);
+        let fixed = KafkaConfig {
+            group_instance_id: "worker-0".into(),
+            ..KafkaConfig::default()
+        };
+        let c = fixed.consumer_config("g");
+        assert_eq!(c.get("group.instance.id"), Some("worker-0"));
+        assert_eq!(c.get("group.id"), Some("g"));
+        // Producers never get it (librdkafka would warn about a consumer property).
+        assert_eq!(fixed.producer_config().get("group.instance.id"), None);
     }
 }
