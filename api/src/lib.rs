@@ -211,13 +211,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(readyz))
         .routes(routes!(metrics_route))
         .split_for_parts();
-    let doc = Arc::new(doc);
+    // Rendered once; every request gets the same bytes.
+    let doc = doc.to_json().unwrap_or_default();
     router
         .route(
             OPENAPI_ROUTE,
             get(move || {
-                let doc = doc.clone();
-                async move { axum::Json(doc.as_ref().clone()) }
+                std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))
             }),
         )
         .fallback(not_found)

@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -15,37 +14,7 @@ use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::topics::partition_counts;
 use riskstream_testkit::kafka::{TestKafka, read_records, shared_bootstrap};
-use support::{BIN, Proc, create_topics, topics_env};
-
-/// Starts `riskstream <args>` and waits for a `<key>=VALUE` line on stdout.
-fn spawn_and_read(args: &[&str], key: &str) -> (Proc, String) {
-    spawn_with(args, &[], key)
-}
-
-fn spawn_with(args: &[&str], env: &[(String, String)], key: &str) -> (Proc, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn riskstream");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let prefix = format!("{key}=");
-    let value = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("riskstream {args:?} exited before printing {key}="))
-            .expect("read stdout");
-        if let Some(v) = line.strip_prefix(&prefix) {
-            break v.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), value)
-}
+use support::{BIN, create_topics, spawn, topics_env};
 
 fn test_topics() -> Topics {
     Topics::with_suffix(&riskstream_testkit::unique("cli"))
@@ -241,7 +210,7 @@ async fn produce_from_a_file_reports_invalid_lines_and_sends_the_rest() {
 async fn ingest_process_prints_its_address_and_serves() {
     let topics = test_topics();
     let broker = TestKafka::with_topics(2, &topics);
-    let (_ingest, addr) = spawn_with(
+    let (_ingest, addr) = spawn(
         &[
             "ingest",
             "--brokers",
@@ -437,8 +406,9 @@ async fn mock_broker_on_a_chosen_port_serves_produce_and_fetch() {
         .local_addr()
         .unwrap()
         .port();
-    let (_broker, bootstrap) = spawn_and_read(
+    let (_broker, bootstrap) = spawn(
         &["broker", "--partitions", "1", "--port", &port.to_string()],
+        &[],
         "bootstrap",
     );
     assert_eq!(bootstrap, format!("127.0.0.1:{port}"));

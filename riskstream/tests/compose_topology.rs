@@ -105,17 +105,22 @@ fn localize(value: &str, hosts: &HashMap<String, String>) -> String {
     v
 }
 
-/// The decisions counter of a worker's `/metrics`, summed over outcomes.
-async fn decided(http: &reqwest::Client, admin: &str) -> f64 {
-    let text = http
-        .get(format!("http://{admin}/metrics"))
+/// A service's `/metrics` text (asserting it answers 200).
+async fn metrics_text(http: &reqwest::Client, addr: &str) -> String {
+    let r = http
+        .get(format!("http://{addr}/metrics"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    text.lines()
+    assert_eq!(r.status().as_u16(), 200, "GET http://{addr}/metrics");
+    r.text().await.unwrap()
+}
+
+/// The decisions counter of a worker's `/metrics`, summed over outcomes.
+async fn decided(http: &reqwest::Client, admin: &str) -> f64 {
+    metrics_text(http, admin)
+        .await
+        .lines()
         .filter(|l| l.starts_with("riskstream_worker_decisions_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -465,50 +470,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     }
 
     // The first batch's trace: ingest, the worker and the decision, from the api.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = http
-            .get(format!("http://{api}/api/traces/{trace_id}"))
-            .send()
-            .await
-            .unwrap();
-        if r.status().as_u16() == 200 {
-            let v: Value = r.json().await.unwrap();
-            let services: BTreeSet<String> = v["data"][0]["processes"]
-                .as_object()
-                .map(|m| {
-                    m.values()
-                        .filter_map(|p| p["serviceName"].as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let ops: BTreeSet<String> = v["data"][0]["spans"]
-                .as_array()
-                .map(|s| {
-                    s.iter()
-                        .filter_map(|s| s["operationName"].as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if services.contains("riskstream-ingest")
-                && services.contains("riskstream-worker")
-                && ops.contains("riskstream.decision.produce")
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trace {trace_id} incomplete: services {services:?}, operations {ops:?}"
-            );
-        } else {
-            assert!(
-                Instant::now() < deadline,
-                "trace {trace_id} not found: {}",
-                r.status()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    support::wait_for_pipeline_trace(&http, api, trace_id, Duration::from_secs(60)).await;
 
     // A span the collector cannot store (an all-zero trace id): rejected and dead-lettered,
     // as the dashboard's DLQ panels count. The collector prints a labelled family only
@@ -532,14 +494,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = http
-            .get(format!("http://{collector}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&http, collector).await;
         if text
             .lines()
             .any(|l| l.starts_with("collector_dead_lettered_records_total{"))
@@ -574,17 +529,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     // Series name -> (services exporting it, whether one of them has a sample).
     let mut exported: BTreeMap<String, (Vec<String>, bool)> = BTreeMap::new();
     for (service, addr) in &metrics_at {
-        let r = http
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status().as_u16(),
-            200,
-            "{service} at {addr}: GET /metrics"
-        );
-        for (name, sampled) in exported_series(&r.text().await.unwrap()) {
+        for (name, sampled) in exported_series(&metrics_text(&http, addr).await) {
             let e = exported.entry(name).or_default();
             e.0.push(service.clone());
             e.1 |= sampled;

@@ -89,41 +89,9 @@ async fn one_event_is_one_trace_across_ingest_and_worker_and_its_decision_is_sto
     assert_eq!(body["results"][0]["trace_id"], trace_id);
 
     // Poll the Jaeger API until both services' spans of the trace are stored.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let trace = loop {
-        let r = http
-            .get(format!("http://{api}/api/traces/{trace_id}"))
-            .send()
-            .await
-            .unwrap();
-        if r.status().as_u16() == 200 {
-            let v: Value = r.json().await.unwrap();
-            let services: Vec<String> = v["data"][0]["processes"]
-                .as_object()
-                .map(|m| {
-                    m.values()
-                        .filter_map(|p| p["serviceName"].as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let has_decision_produce = v["data"][0]["spans"].as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|s| s["operationName"] == "riskstream.decision.produce")
-            });
-            if services.iter().any(|s| s == "riskstream-ingest")
-                && services.iter().any(|s| s == "riskstream-worker")
-                && has_decision_produce
-            {
-                break v;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "trace {trace_id} not complete in time"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let spans = trace["data"][0]["spans"].as_array().unwrap();
+    let trace =
+        support::wait_for_pipeline_trace(&http, &api, trace_id, Duration::from_secs(90)).await;
+    let spans = trace["spans"].as_array().unwrap();
     let by_name = |name: &str| {
         spans
             .iter()

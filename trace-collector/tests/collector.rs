@@ -593,6 +593,17 @@ async fn kafka_spans_and_decisions_are_stored_and_invalid_spans_dead_lettered() 
     )
     .await;
     assert_eq!(n, 3);
+    // The view's copy lands after the source table's block: wait for it as well.
+    let n = wait_count(
+        &client,
+        &format!(
+            "SELECT count() FROM decisions_by_event WHERE event_id = '{}'",
+            decisions[1].event_id
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(n, 1);
     let stored: DecisionRow = client
         .query("SELECT ?fields FROM decisions_by_event WHERE event_id = ?")
         .bind(decisions[1].event_id.to_string())

@@ -112,3 +112,53 @@ pub fn create_topics(bootstrap: &str, topics: &Topics, partitions: u32) -> Strin
     );
     stdout
 }
+
+/// Polls the api's Jaeger endpoint until trace `trace_id` holds spans of ingest and the worker
+/// and the decision's produce span, and returns it (`data[0]` of the answer); panics with what
+/// it had at `timeout`.
+pub async fn wait_for_pipeline_trace(
+    http: &reqwest::Client,
+    api: &str,
+    trace_id: &str,
+    timeout: std::time::Duration,
+) -> serde_json::Value {
+    use std::collections::BTreeSet;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let r = http
+            .get(format!("http://{api}/api/traces/{trace_id}"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let (mut services, mut ops) = (BTreeSet::new(), BTreeSet::new());
+        if status == 200 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            let trace = v["data"][0].clone();
+            let names = |list: &serde_json::Value, field: &str| -> BTreeSet<String> {
+                let items: Vec<&serde_json::Value> = match list {
+                    serde_json::Value::Object(m) => m.values().collect(),
+                    serde_json::Value::Array(a) => a.iter().collect(),
+                    _ => Vec::new(),
+                };
+                items
+                    .iter()
+                    .filter_map(|x| x[field].as_str().map(String::from))
+                    .collect()
+            };
+            services = names(&trace["processes"], "serviceName");
+            ops = names(&trace["spans"], "operationName");
+            if services.contains("riskstream-ingest")
+                && services.contains("riskstream-worker")
+                && ops.contains("riskstream.decision.produce")
+            {
+                return trace;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trace {trace_id} incomplete (HTTP {status}): services {services:?}, operations {ops:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
