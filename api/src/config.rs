@@ -1,7 +1,7 @@
 //! The api's configuration: ClickHouse (shared section with the collector) and `[api]`.
 
 use riskstream_common::config::Validate;
-pub use riskstream_trace_collector::ClickHouseConfig;
+pub use riskstream_store::ClickHouseConfig;
 use serde::{Deserialize, Serialize};
 
 /// The `[api]` section.

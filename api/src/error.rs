@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use riskstream_store::StoreError;
 use serde_json::{Value, json};
 
 /// A native api failure.
@@ -55,10 +56,13 @@ impl ApiError {
     }
 }
 
-impl From<clickhouse::error::Error> for ApiError {
-    fn from(e: clickhouse::error::Error) -> Self {
-        tracing::warn!(error = %e, "clickhouse query failed");
-        Self::Storage(e.to_string())
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "trace store query failed");
+        match e {
+            StoreError::Unavailable(m) => Self::Storage(m),
+            StoreError::Rejected(m) => Self::Internal(m),
+        }
     }
 }
 
@@ -84,8 +88,8 @@ impl From<ApiError> for JaegerError {
     }
 }
 
-impl From<clickhouse::error::Error> for JaegerError {
-    fn from(e: clickhouse::error::Error) -> Self {
+impl From<StoreError> for JaegerError {
+    fn from(e: StoreError) -> Self {
         Self(e.into())
     }
 }

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use riskstream_trace_collector::schema::{SpanRow, attr_type};
+use riskstream_store::schema::{SpanRow, attr_type};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, JaegerError};
 use crate::params;
-use crate::store::TraceQuery;
+use riskstream_store::TraceQuery;
 
 /// OTLP span kind numbers and their Jaeger names.
 pub const SPAN_KINDS: [(u8, &str); 6] = [

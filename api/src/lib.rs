@@ -1,4 +1,4 @@
-//! The query api (axum) over ClickHouse: the Jaeger-compatible query API (for the Jaeger UI and
+//! The query api (axum) over the trace store (ClickHouse, or memory in the demo): the Jaeger-compatible query API (for the Jaeger UI and
 //! Grafana's Jaeger data source), native traces as trees, decisions, and `/healthz`,
 //! `/readyz`, `/metrics`. See `docs/tracing.md`.
 //!
@@ -10,7 +10,6 @@ pub mod error;
 pub mod jaeger;
 pub mod native;
 pub mod params;
-pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ApiSection, Config};
 pub use error::{ApiError, JaegerError};
-pub use store::Store;
+pub use riskstream_store::{ClickHouseStore, MemoryStore, TraceStore};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -91,16 +90,22 @@ impl ApiMetrics {
 /// What every handler reads.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    pub store: Arc<dyn TraceStore>,
     pub metrics: ApiMetrics,
     pub default_search_limit: u32,
     pub max_limit: u32,
 }
 
 impl AppState {
+    /// State reading the configured ClickHouse.
     pub fn new(config: &Config) -> Self {
+        Self::with_store(config, Arc::new(ClickHouseStore::new(&config.clickhouse)))
+    }
+
+    /// State reading `store` (the configured ClickHouse is then not contacted).
+    pub fn with_store(config: &Config, store: Arc<dyn TraceStore>) -> Self {
         Self {
-            store: Store::new(config.clickhouse.client()),
+            store,
             metrics: ApiMetrics::default(),
             default_search_limit: config.api.default_search_limit,
             max_limit: config.api.max_limit,
@@ -251,6 +256,16 @@ impl App {
     /// Validates the configuration and binds the listener. ClickHouse need not be up yet
     /// (`/readyz` tells).
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<App, ApiAppError> {
+        let store = Arc::new(ClickHouseStore::new(&config.clickhouse));
+        Self::build_with_store(config, store, shutdown).await
+    }
+
+    /// As [`App::build`], reading `store` instead of the configured ClickHouse.
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn TraceStore>,
+        shutdown: CancellationToken,
+    ) -> Result<App, ApiAppError> {
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(ConfigError::new(problems).into());
@@ -263,7 +278,7 @@ impl App {
             })?;
         Ok(App {
             listener,
-            router: router(AppState::new(&config)),
+            router: router(AppState::with_store(&config, store)),
             shutdown,
         })
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use riskstream_common::Decision;
-use riskstream_trace_collector::schema::SpanRow;
+use riskstream_store::schema::SpanRow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

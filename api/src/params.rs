@@ -3,7 +3,7 @@
 //! for decisions (RFC 3339 or epoch milliseconds). Every error names the parameter.
 
 use crate::error::ApiError;
-use crate::store::TraceQuery;
+use riskstream_store::TraceQuery;
 
 /// A trace id as 32 hex digits (any case), returned lowercase.
 pub fn trace_id(raw: &str) -> Result<String, ApiError> {

@@ -2,6 +2,7 @@
 //! SDK exporter and through Kafka come back from the Jaeger API; search filters; decisions;
 //! error envelopes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -20,13 +21,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use riskstream_api::{AppState, Config as ApiConfig, router};
 use riskstream_common::kafka::Topics;
 use riskstream_common::{Decision, Outcome};
+use riskstream_store::schema::{DecisionRow, SpanRow, attr_type};
+use riskstream_store::{ClickHouseConfig, ClickHouseStore, MemoryStore, TraceStore};
 use riskstream_testkit::clickhouse::server;
 use riskstream_testkit::kafka::TestKafka;
 use riskstream_testkit::unique;
-use riskstream_trace_collector::schema::{self, DecisionRow, SpanRow, attr_type, table};
-use riskstream_trace_collector::{
-    App as Collector, ClickHouseConfig, CollectorSection, Config as CollectorConfig,
-};
+use riskstream_trace_collector::{App as Collector, CollectorSection, Config as CollectorConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -46,6 +46,36 @@ fn api(ch: &ClickHouseConfig) -> Router {
         clickhouse: ch.clone(),
         ..Default::default()
     }))
+}
+
+/// The api over `store` (whatever the configured ClickHouse).
+fn api_on(store: &Arc<dyn TraceStore>) -> Router {
+    router(AppState::with_store(&ApiConfig::default(), store.clone()))
+}
+
+/// A migrated ClickHouse database of its own, as a store.
+async fn clickhouse_store() -> Arc<dyn TraceStore> {
+    let store = ClickHouseStore::new(&clickhouse_config());
+    store.migrate(Duration::ZERO).await.expect("migrate");
+    Arc::new(store)
+}
+
+fn memory_store() -> Arc<dyn TraceStore> {
+    Arc::new(MemoryStore::default())
+}
+
+/// Each read test runs on ClickHouse and on the in-memory store: the api answers the same.
+macro_rules! on_both_stores {
+    ($body:ident: $clickhouse:ident, $memory:ident) => {
+        #[tokio::test]
+        async fn $clickhouse() {
+            $body(clickhouse_store().await).await;
+        }
+        #[tokio::test]
+        async fn $memory() {
+            $body(memory_store()).await;
+        }
+    };
 }
 
 async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
@@ -123,25 +153,15 @@ fn row(
     }
 }
 
-async fn insert<R: clickhouse::RowOwned + clickhouse::RowWrite>(
-    ch: &ClickHouseConfig,
-    t: &str,
-    rows: &[R],
-) {
-    let client = ch.client();
-    let mut insert = client.insert::<R>(t).await.expect("insert");
-    for r in rows {
-        insert.write(r).await.expect("write");
-    }
-    insert.end().await.expect("end");
+async fn insert_spans(store: &Arc<dyn TraceStore>, rows: &[SpanRow]) {
+    store.insert_spans(&[rows]).await.expect("insert spans");
 }
 
-async fn migrated() -> ClickHouseConfig {
-    let ch = clickhouse_config();
-    schema::migrate(&ch.client(), &ch.database, Duration::ZERO)
+async fn insert_decisions(store: &Arc<dyn TraceStore>, rows: &[DecisionRow]) {
+    store
+        .insert_decisions(&[rows])
         .await
-        .expect("migrate");
-    ch
+        .expect("insert decisions");
 }
 
 const A: &str = "000000000000000000000000000000aa";
@@ -149,13 +169,12 @@ const B: &str = "000000000000000000000000000000bb";
 const C: &str = "000000000000000000000000000000cc";
 const D: &str = "000000000000000000000000000000dd";
 
-#[tokio::test]
-async fn search_filters_each_change_the_result_as_documented() {
-    let ch = migrated().await;
+on_both_stores!(search_filters_each_change_the_result_as_documented: search_filters_each_change_the_result_as_documented_on_clickhouse, search_filters_each_change_the_result_as_documented_in_memory);
+
+async fn search_filters_each_change_the_result_as_documented(store: Arc<dyn TraceStore>) {
     let s = 1_000_000_000;
-    insert(
-        &ch,
-        table::SPANS,
+    insert_spans(
+        &store,
         &[
             row(
                 A,
@@ -213,7 +232,7 @@ async fn search_filters_each_change_the_result_as_documented() {
         ],
     )
     .await;
-    let router = api(&ch);
+    let router = api_on(&store);
     let search = |q: &str| {
         let router = router.clone();
         let uri = format!("/api/traces?service=search-svc{q}");
@@ -296,12 +315,11 @@ async fn search_filters_each_change_the_result_as_documented() {
     assert_eq!(body["data"], json!([]));
 }
 
-#[tokio::test]
-async fn trace_by_id_in_jaeger_and_native_forms_with_error_envelopes() {
-    let ch = migrated().await;
-    insert(
-        &ch,
-        table::SPANS,
+on_both_stores!(trace_by_id_in_jaeger_and_native_forms_with_error_envelopes: trace_by_id_in_jaeger_and_native_forms_with_error_envelopes_on_clickhouse, trace_by_id_in_jaeger_and_native_forms_with_error_envelopes_in_memory);
+
+async fn trace_by_id_in_jaeger_and_native_forms_with_error_envelopes(store: Arc<dyn TraceStore>) {
+    insert_spans(
+        &store,
         &[
             row(
                 A,
@@ -337,7 +355,7 @@ async fn trace_by_id_in_jaeger_and_native_forms_with_error_envelopes() {
         ],
     )
     .await;
-    let router = api(&ch);
+    let router = api_on(&store);
     let (status, body) = get(&router, &format!("/api/traces/{}", A.to_uppercase())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let trace = &body["data"][0];
@@ -428,9 +446,9 @@ fn decision(account: &str, event_time_ms: i64, outcome: Outcome) -> Decision {
     }
 }
 
-#[tokio::test]
-async fn decisions_by_event_id_and_by_account_and_time_range() {
-    let ch = migrated().await;
+on_both_stores!(decisions_by_event_id_and_by_account_and_time_range: decisions_by_event_id_and_by_account_and_time_range_on_clickhouse, decisions_by_event_id_and_by_account_and_time_range_in_memory);
+
+async fn decisions_by_event_id_and_by_account_and_time_range(store: Arc<dyn TraceStore>) {
     let t0: i64 = 1_700_000_000_000;
     let d1 = decision("acc-1", t0, Outcome::Approve);
     let d2 = decision("acc-1", t0 + 1000, Outcome::Review);
@@ -441,9 +459,9 @@ async fn decisions_by_event_id_and_by_account_and_time_range() {
         .map(DecisionRow::from)
         .collect();
     // d2 twice: at-least-once duplicates are listed once.
-    insert(&ch, table::DECISIONS, &rows).await;
-    insert(&ch, table::DECISIONS, &rows[1..2]).await;
-    let router = api(&ch);
+    insert_decisions(&store, &rows).await;
+    insert_decisions(&store, &rows[1..2]).await;
+    let router = api_on(&store);
 
     let (status, body) = get(&router, &format!("/v1/decisions/{}", d2.event_id)).await;
     assert_eq!(status, StatusCode::OK, "{body}");

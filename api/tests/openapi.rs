@@ -8,9 +8,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use riskstream_api::{AppState, Config as ApiConfig, OPENAPI_ROUTE, router};
+use riskstream_store::ClickHouseConfig;
 use riskstream_testkit::clickhouse::server;
 use riskstream_testkit::unique;
-use riskstream_trace_collector::ClickHouseConfig;
 use serde_json::Value;
 use tower::ServiceExt as _;
 

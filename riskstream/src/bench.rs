@@ -86,7 +86,7 @@ async fn collector(a: CollectorBench) -> anyhow::Result<()> {
     println!("bench collector on {}", broker.describe());
     let options = BenchOptions {
         kafka: broker.kafka(&topics, None),
-        clickhouse: riskstream_trace_collector::ClickHouseConfig {
+        clickhouse: riskstream_store::ClickHouseConfig {
             url: a.clickhouse_url.clone(),
             database: "bench".into(),
             ..Default::default()

@@ -144,7 +144,7 @@ pub struct RootConfig {
     pub telemetry: TelemetryConfig,
     pub ingest: riskstream_ingest::IngestConfig,
     pub worker: riskstream_feature_worker::WorkerConfig,
-    pub clickhouse: riskstream_trace_collector::ClickHouseConfig,
+    pub clickhouse: riskstream_store::ClickHouseConfig,
     pub collector: riskstream_trace_collector::CollectorSection,
     pub api: riskstream_api::ApiSection,
 }

@@ -3,9 +3,9 @@
 //! `BENCH_SPANS=1000000 BENCH_FILLER=9000000 cargo run --release -p riskstream-trace-collector --example bench_collector`
 
 use riskstream_common::kafka::Topics;
+use riskstream_store::ClickHouseConfig;
 use riskstream_testkit::clickhouse::ClickHouseServer;
 use riskstream_testkit::kafka::TestKafka;
-use riskstream_trace_collector::ClickHouseConfig;
 use riskstream_trace_collector::bench::{BenchOptions, bench};
 
 fn env_or(name: &str, default: u64) -> u64 {

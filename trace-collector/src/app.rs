@@ -1,8 +1,9 @@
-//! The collector service: builds everything from a [`Config`] (schema migration, listeners,
-//! table writers, Kafka receivers) and runs it until the shutdown token is cancelled, then
+//! The collector service: builds everything from a [`Config`] and a trace store (ClickHouse,
+//! migrated at start, or any other [`TraceStore`]: listeners, table writers, Kafka receivers) and runs it until the shutdown token is cancelled, then
 //! drains within a bounded time.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use riskstream_common::config::{ConfigError, Validate};
@@ -14,8 +15,9 @@ use crate::config::Config;
 use crate::kafka::{DeadLetters, KafkaReceiver, KafkaReceiverError, Stream};
 use crate::metrics::Metrics;
 use crate::otlp::{self, GrpcTraceService, OtlpState};
-use crate::schema::{self, DecisionRow, SchemaError, ServerVersion, SpanRow, table};
 use crate::sink::{Sink, SinkConfig};
+use riskstream_store::schema::{DecisionRow, SchemaError, ServerVersion, SpanRow};
+use riskstream_store::{ClickHouseStore, TraceStore};
 
 /// How often the partition-drop retention runs on servers without TTL.
 const RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
@@ -50,7 +52,7 @@ pub struct App {
     decisions_sink: Option<Sink<DecisionRow>>,
     writers: Vec<JoinHandle<()>>,
     receivers: Vec<(KafkaReceiver, Stream)>,
-    server_version: ServerVersion,
+    server_version: Option<ServerVersion>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CollectorError> {
@@ -63,20 +65,31 @@ async fn bind(addr: &str) -> Result<TcpListener, CollectorError> {
 }
 
 impl App {
-    /// Validates the configuration, migrates the schema, binds the listeners and creates the
-    /// writers and Kafka receivers.
+    /// Validates the configuration, migrates the ClickHouse schema, binds the listeners and
+    /// creates the writers and Kafka receivers.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<App, CollectorError> {
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(ConfigError::new(problems).into());
         }
-        let client = config.clickhouse.client();
-        let server_version = schema::migrate(
-            &client,
-            &config.clickhouse.database,
-            config.collector.retention,
-        )
-        .await?;
+        let store = ClickHouseStore::new(&config.clickhouse);
+        let version = store.migrate(config.collector.retention).await?;
+        let mut app = Self::build_with_store(config, Arc::new(store), shutdown).await?;
+        app.server_version = Some(version);
+        Ok(app)
+    }
+
+    /// As [`App::build`], writing to `store` instead of the configured ClickHouse (which is
+    /// then not contacted): the demo's in-memory store.
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn TraceStore>,
+        shutdown: CancellationToken,
+    ) -> Result<App, CollectorError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::new(problems).into());
+        }
         let c = &config.collector;
         let metrics = Metrics::new();
         let hard_stop = CancellationToken::new();
@@ -91,8 +104,7 @@ impl App {
         };
         let mut writers = Vec::new();
         let (spans_sink, h) = Sink::<SpanRow>::spawn(
-            client.clone(),
-            table::SPANS,
+            store.clone(),
             sink_config.clone(),
             metrics.clone(),
             hard_stop.clone(),
@@ -117,8 +129,7 @@ impl App {
         }
         let decisions_sink = if c.kafka_decisions {
             let (sink, h) = Sink::<DecisionRow>::spawn(
-                client.clone(),
-                table::DECISIONS,
+                store.clone(),
                 sink_config,
                 metrics.clone(),
                 hard_stop.clone(),
@@ -150,7 +161,7 @@ impl App {
             metrics,
             request_timeout: c.request_timeout,
             retry_after: c.retry_after,
-            clickhouse: client,
+            store,
         };
         Ok(App {
             config,
@@ -162,7 +173,7 @@ impl App {
             decisions_sink,
             writers,
             receivers,
-            server_version,
+            server_version: None,
         })
     }
 
@@ -183,7 +194,8 @@ impl App {
         self.state.metrics.clone()
     }
 
-    pub fn server_version(&self) -> ServerVersion {
+    /// The ClickHouse server's version (`None` on another store).
+    pub fn server_version(&self) -> Option<ServerVersion> {
         self.server_version
     }
 
@@ -200,7 +212,7 @@ impl App {
             decisions_sink,
             writers,
             receivers,
-            server_version,
+            server_version: _,
         } = self;
         let mut tasks: Vec<JoinHandle<Result<(), CollectorError>>> = Vec::new();
 
@@ -254,9 +266,10 @@ impl App {
         drop(decisions_sink);
 
         let retention = config.collector.retention;
-        if !retention.is_zero() && !server_version.supports_ttl() {
-            let client = state.clickhouse.clone();
-            let database = config.clickhouse.database.clone();
+        // ClickHouse before 19.6 has no TTL: the store drops expired partitions (a no-op on
+        // newer servers and in memory).
+        if !retention.is_zero() {
+            let store = state.store.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(RETENTION_SWEEP_INTERVAL);
@@ -266,8 +279,7 @@ impl App {
                         _ = stop.cancelled() => return,
                     }
                     let now = u64::try_from(riskstream_common::now_ms()).unwrap_or(0) * 1_000_000;
-                    match schema::drop_expired_partitions(&client, &database, retention, now).await
-                    {
+                    match store.expire(retention, now).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(partitions = n, "expired partitions dropped"),
                         Err(e) => tracing::warn!(error = %e, "retention sweep failed"),

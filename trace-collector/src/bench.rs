@@ -18,8 +18,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClickHouseConfig, CollectorSection, Config};
-use crate::schema::{self, SpanRow, table};
 use crate::{App, CollectorError};
+use riskstream_store::schema::{self, SpanRow, table};
 
 /// What to measure.
 #[derive(Debug, Clone)]

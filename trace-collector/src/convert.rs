@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Valu
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 
-use crate::schema::{SpanRow, attr_type};
+use riskstream_store::schema::{SpanRow, attr_type};
 
 /// The resource attribute naming the service.
 pub const SERVICE_NAME_ATTR: &str = "service.name";

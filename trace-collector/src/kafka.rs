@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::convert::{self, reason};
 use crate::metrics::{Metrics, receiver};
-use crate::schema::{DecisionRow, SpanRow};
 use crate::sink::{Ack, Sink, SinkError};
+use riskstream_store::schema::{DecisionRow, SpanRow};
 
 /// Kafka receiver failures at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +250,7 @@ impl KafkaReceiver {
             .await
     }
 
-    async fn run<R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync + 'static>(
+    async fn run<R: riskstream_store::StoredRow>(
         self,
         sink: Sink<R>,
         decode: fn(&[u8]) -> Decoded<R>,
@@ -302,7 +302,7 @@ impl KafkaReceiver {
 
     /// Decodes one record, dead-letters what cannot be stored and queues the rest. `None` when
     /// stopping before the record was fully handled (its offset is then not stored).
-    async fn handle<R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync + 'static>(
+    async fn handle<R: riskstream_store::StoredRow>(
         &self,
         message: &BorrowedMessage<'_>,
         sink: &Sink<R>,

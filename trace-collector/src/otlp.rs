@@ -25,8 +25,8 @@ use prost::Message as _;
 use crate::convert::{self, reason};
 use crate::kafka::DeadLetters;
 use crate::metrics::{Metrics, receiver};
-use crate::schema::SpanRow;
 use crate::sink::{Sink, SinkError};
+use riskstream_store::schema::SpanRow;
 
 /// `Content-Type` of OTLP/HTTP protobuf.
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
@@ -87,7 +87,7 @@ pub struct OtlpState {
     pub metrics: Metrics,
     pub request_timeout: Duration,
     pub retry_after: Duration,
-    pub clickhouse: clickhouse::Client,
+    pub store: std::sync::Arc<dyn riskstream_store::TraceStore>,
 }
 
 impl OtlpState {
@@ -180,11 +180,11 @@ async fn metrics(State(state): State<OtlpState>) -> Response {
 }
 
 async fn readyz(State(state): State<OtlpState>) -> Response {
-    match state.clickhouse.query("SELECT 1").fetch_one::<u8>().await {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("clickhouse unreachable: {e}"),
+            format!("{} unreachable: {e}", state.store.kind()),
         )
             .into_response(),
     }

@@ -1,4 +1,4 @@
-//! The batching writer into one ClickHouse table: a bounded queue (counted in rows), batches cut
+//! The batching writer into one table of the trace store (ClickHouse or memory): a bounded queue (counted in rows), batches cut
 //! by rows or time, retries with exponential backoff and jitter on transient errors, and one
 //! acknowledgement per submission once its rows are stored (or definitely not).
 //!
@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clickhouse::{Client, RowOwned, RowWrite};
 use rand::Rng as _;
+use riskstream_store::{StoreError, StoredRow, TraceStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -25,8 +25,8 @@ pub enum SinkError {
     /// The writer has stopped (shutdown); the rows were not stored.
     #[error("the writer has stopped")]
     Closed,
-    /// ClickHouse refused the rows for good (not a transient failure).
-    #[error("clickhouse rejected the rows: {0}")]
+    /// The store refused the rows for good (not a transient failure).
+    #[error("the trace store rejected the rows: {0}")]
     Rejected(String),
 }
 
@@ -76,16 +76,16 @@ impl<R> Clone for Sink<R> {
     }
 }
 
-impl<R: RowOwned + RowWrite + Send + Sync + 'static> Sink<R> {
-    /// Starts the writer task for `table`. `hard_stop` makes it give up retrying (shutdown
+impl<R: StoredRow> Sink<R> {
+    /// Starts the writer task for `R`'s table. `hard_stop` makes it give up retrying (shutdown
     /// deadline): pending submissions then resolve with [`SinkError::Closed`].
     pub fn spawn(
-        client: Client,
-        table: &'static str,
+        store: Arc<dyn TraceStore>,
         config: SinkConfig,
         metrics: Metrics,
         hard_stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        let table = R::TABLE;
         let (tx, rx) = mpsc::unbounded_channel();
         let capacity = config.queue_max_rows.max(1);
         let permits = Arc::new(Semaphore::new(capacity));
@@ -97,7 +97,7 @@ impl<R: RowOwned + RowWrite + Send + Sync + 'static> Sink<R> {
             metrics: metrics.clone(),
         };
         let writer = Writer {
-            client,
+            store,
             table,
             config,
             metrics,
@@ -177,7 +177,7 @@ impl<R: RowOwned + RowWrite + Send + Sync + 'static> Sink<R> {
 }
 
 struct Writer {
-    client: Client,
+    store: Arc<dyn TraceStore>,
     table: &'static str,
     config: SinkConfig,
     metrics: Metrics,
@@ -186,30 +186,8 @@ struct Writer {
     capacity: usize,
 }
 
-/// Whether an insert error is worth retrying (server down, overloaded, timing out).
-pub fn is_transient(err: &clickhouse::error::Error) -> bool {
-    use clickhouse::error::Error as E;
-    match err {
-        E::Network(_) | E::TimedOut => true,
-        // Data errors: cannot parse input, type mismatch, missing column, too large.
-        E::BadResponse(msg) => ![
-            "Code: 27,",
-            "Code: 33,",
-            "Code: 53,",
-            "Code: 16,",
-            "Code: 62,",
-        ]
-        .iter()
-        .any(|code| msg.contains(code)),
-        _ => false,
-    }
-}
-
 impl Writer {
-    async fn run<R: RowOwned + RowWrite + Send + Sync + 'static>(
-        self,
-        mut rx: mpsc::UnboundedReceiver<Item<R>>,
-    ) {
+    async fn run<R: StoredRow>(self, mut rx: mpsc::UnboundedReceiver<Item<R>>) {
         let this = Arc::new(self);
         // Up to `insert_concurrency` inserts in flight: the next batch is serialized while
         // ClickHouse writes the previous one's parts.
@@ -243,11 +221,7 @@ impl Writer {
     }
 
     /// Inserts one batch (retrying) and acknowledges its submissions.
-    async fn flush<R: RowOwned + RowWrite + Send + Sync + 'static>(
-        &self,
-        batch: Vec<Item<R>>,
-        rows: usize,
-    ) {
+    async fn flush<R: StoredRow>(&self, batch: Vec<Item<R>>, rows: usize) {
         let labels = TableLabels {
             table: self.table.into(),
         };
@@ -288,7 +262,7 @@ impl Writer {
             .set(i64::try_from(self.capacity - self.permits.available_permits()).unwrap_or(0));
     }
 
-    async fn insert_with_retry<R: RowOwned + RowWrite + Send + Sync + 'static>(
+    async fn insert_with_retry<R: StoredRow>(
         &self,
         batch: &[Item<R>],
         rows: usize,
@@ -319,8 +293,8 @@ impl Writer {
                 }
                 Err(e) => {
                     self.metrics.insert_errors.get_or_create(&labels).inc();
-                    if !is_transient(&e) {
-                        tracing::error!(table = self.table, rows, error = %e, "insert rejected by clickhouse");
+                    if !e.is_transient() {
+                        tracing::error!(table = self.table, rows, store = self.store.kind(), error = %e, "insert rejected by the store");
                         return Err(SinkError::Rejected(e.to_string()));
                     }
                     if attempt == 1 || attempt.is_power_of_two() {
@@ -341,21 +315,8 @@ impl Writer {
         }
     }
 
-    async fn insert_once<R: RowOwned + RowWrite + Send + Sync + 'static>(
-        &self,
-        batch: &[Item<R>],
-    ) -> Result<(), clickhouse::error::Error> {
-        let timeout = Some(self.config.insert_timeout);
-        let mut insert = self
-            .client
-            .insert::<R>(self.table)
-            .await?
-            .with_timeouts(timeout, timeout);
-        for item in batch {
-            for row in &item.rows {
-                insert.write(row).await?;
-            }
-        }
-        insert.end().await
+    async fn insert_once<R: StoredRow>(&self, batch: &[Item<R>]) -> Result<(), StoreError> {
+        let chunks: Vec<&[R]> = batch.iter().map(|item| item.rows.as_slice()).collect();
+        R::insert(self.store.as_ref(), &chunks).await
     }
 }

@@ -16,11 +16,12 @@ use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use riskstream_common::kafka::{Topics, header};
 use riskstream_common::{Decision, Outcome};
+use riskstream_store::ClickHouseConfig;
+use riskstream_store::schema::{self, DecisionRow, SpanRow, table};
 use riskstream_testkit::clickhouse::{ClickHouseServer, server};
 use riskstream_testkit::kafka::{TestKafka, read_records};
 use riskstream_testkit::unique;
-use riskstream_trace_collector::schema::{self, DecisionRow, SpanRow, table};
-use riskstream_trace_collector::{App, ClickHouseConfig, CollectorSection, Config};
+use riskstream_trace_collector::{App, CollectorSection, Config};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
