@@ -322,7 +322,7 @@ impl TraceStore for MemoryStore {
 mod tests {
     use super::*;
 
-    pub(crate) fn span(trace: &str, id: &str, service: &str, name: &str, start: u64) -> SpanRow {
+    fn span(trace: &str, id: &str, service: &str, name: &str, start: u64) -> SpanRow {
         SpanRow {
             trace_id: trace.into(),
             span_id: id.into(),
@@ -365,7 +365,8 @@ mod tests {
         let store = MemoryStore::default();
         let a = span("t1", "s2", "svc", "op", 20);
         let b = span("t1", "s1", "svc", "op", 10);
-        block(store.insert_spans(&[&[a.clone(), b.clone()], &[a.clone()]])).expect("insert");
+        block(store.insert_spans(&[&[a.clone(), b.clone()], std::slice::from_ref(&a)]))
+            .expect("insert");
         let got = block(store.trace("t1")).expect("trace");
         assert_eq!(got, vec![b, a]);
         assert_eq!(store.len().0, 2);
