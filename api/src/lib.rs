@@ -10,6 +10,7 @@ pub mod error;
 pub mod jaeger;
 pub mod native;
 pub mod params;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -189,6 +190,7 @@ async fn not_found() -> ApiError {
     tags(
         (name = "jaeger", description = "Jaeger query API (the subset Grafana and the Jaeger UI use)"),
         (name = "riskstream", description = "Traces as trees and decisions"),
+        (name = "ui", description = "Browser pages: recent decisions and traces, a trace's waterfall"),
         (name = "operations", description = "Health and metrics")
     )
 )]
@@ -212,6 +214,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(native::get_trace))
         .routes(routes!(native::get_decision))
         .routes(routes!(native::list_decisions))
+        .routes(routes!(ui::index))
+        .routes(routes!(ui::trace_page))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics_route))
@@ -224,6 +228,10 @@ pub fn router(state: AppState) -> Router {
             get(move || {
                 std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))
             }),
+        )
+        .route(
+            "/ui",
+            get(|| std::future::ready(axum::response::Redirect::permanent(ui::UI_ROUTE))),
         )
         .fallback(not_found)
         .with_state(state)

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt as _;
+use axum::http::StatusCode;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
@@ -18,83 +16,18 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use riskstream_api::{AppState, Config as ApiConfig, router};
 use riskstream_common::kafka::Topics;
 use riskstream_common::{Decision, Outcome};
-use riskstream_store::schema::{DecisionRow, SpanRow, attr_type};
-use riskstream_store::{ClickHouseConfig, ClickHouseStore, MemoryStore, TraceStore};
-use riskstream_testkit::clickhouse::server;
+use riskstream_store::schema::{DecisionRow, attr_type};
+use riskstream_store::TraceStore;
 use riskstream_testkit::kafka::TestKafka;
 use riskstream_testkit::unique;
 use riskstream_trace_collector::{App as Collector, CollectorSection, Config as CollectorConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 
-const T0_NS: u64 = 1_700_000_000_000_000_000;
-
-fn clickhouse_config() -> ClickHouseConfig {
-    ClickHouseConfig {
-        url: server().url().into(),
-        database: unique("t"),
-        ..Default::default()
-    }
-}
-
-fn api(ch: &ClickHouseConfig) -> Router {
-    router(AppState::new(&ApiConfig {
-        clickhouse: ch.clone(),
-        ..Default::default()
-    }))
-}
-
-/// The api over `store` (whatever the configured ClickHouse).
-fn api_on(store: &Arc<dyn TraceStore>) -> Router {
-    router(AppState::with_store(&ApiConfig::default(), store.clone()))
-}
-
-/// A migrated ClickHouse database of its own, as a store.
-async fn clickhouse_store() -> Arc<dyn TraceStore> {
-    let store = ClickHouseStore::new(&clickhouse_config());
-    store.migrate(Duration::ZERO).await.expect("migrate");
-    Arc::new(store)
-}
-
-fn memory_store() -> Arc<dyn TraceStore> {
-    Arc::new(MemoryStore::default())
-}
-
-/// Each read test runs on ClickHouse and on the in-memory store: the api answers the same.
-macro_rules! on_both_stores {
-    ($body:ident: $clickhouse:ident, $memory:ident) => {
-        #[tokio::test]
-        async fn $clickhouse() {
-            $body(clickhouse_store().await).await;
-        }
-        #[tokio::test]
-        async fn $memory() {
-            $body(memory_store()).await;
-        }
-    };
-}
-
-async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
-    let response = router
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, body)
-}
+mod support;
+use support::*;
 
 fn trace_ids(body: &Value) -> Vec<String> {
     body["data"]
@@ -112,62 +45,6 @@ fn find_tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span["tags"].as_array()?.iter().find(|t| t["key"] == key)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn row(
-    trace: &str,
-    span: &str,
-    parent: &str,
-    service: &str,
-    op: &str,
-    start_ns: u64,
-    dur_ns: u64,
-    attrs: &[(&str, &str, u8)],
-) -> SpanRow {
-    SpanRow {
-        trace_id: trace.into(),
-        span_id: span.into(),
-        parent_span_id: parent.into(),
-        trace_state: String::new(),
-        service_name: service.into(),
-        span_name: op.into(),
-        span_kind: 2,
-        start_time_unix_nano: start_ns,
-        duration_ns: dur_ns,
-        status_code: 0,
-        status_message: String::new(),
-        scope_name: String::new(),
-        scope_version: String::new(),
-        resource_attr_keys: vec!["service.name".into(), "host.name".into()],
-        resource_attr_values: vec![service.into(), "h1".into()],
-        resource_attr_types: vec![attr_type::STRING, attr_type::STRING],
-        span_attr_keys: attrs.iter().map(|a| a.0.to_string()).collect(),
-        span_attr_values: attrs.iter().map(|a| a.1.to_string()).collect(),
-        span_attr_types: attrs.iter().map(|a| a.2).collect(),
-        event_times_unix_nano: vec![start_ns + 1000],
-        event_names: vec!["retry".into()],
-        event_attributes: vec![r#"{"attempt":2}"#.into()],
-        link_trace_ids: Vec::new(),
-        link_span_ids: Vec::new(),
-        link_trace_states: Vec::new(),
-        link_attributes: Vec::new(),
-    }
-}
-
-async fn insert_spans(store: &Arc<dyn TraceStore>, rows: &[SpanRow]) {
-    store.insert_spans(&[rows]).await.expect("insert spans");
-}
-
-async fn insert_decisions(store: &Arc<dyn TraceStore>, rows: &[DecisionRow]) {
-    store
-        .insert_decisions(&[rows])
-        .await
-        .expect("insert decisions");
-}
-
-const A: &str = "000000000000000000000000000000aa";
-const B: &str = "000000000000000000000000000000bb";
-const C: &str = "000000000000000000000000000000cc";
-const D: &str = "000000000000000000000000000000dd";
 
 on_both_stores!(search_filters_each_change_the_result_as_documented: search_filters_each_change_the_result_as_documented_on_clickhouse, search_filters_each_change_the_result_as_documented_in_memory);
 
@@ -420,30 +297,6 @@ async fn trace_by_id_in_jaeger_and_native_forms_with_error_envelopes(store: Arc<
             .contains("api_requests_total"),
         "{metrics}"
     );
-}
-
-fn decision(account: &str, event_time_ms: i64, outcome: Outcome) -> Decision {
-    Decision {
-        event_id: uuid::Uuid::new_v4(),
-        trace_id: A.into(),
-        account_id: Some(account.into()),
-        event_time_ms,
-        decided_at_ms: event_time_ms + 3,
-        outcome,
-        score: 0.5,
-        reasons: Vec::new(),
-        features: [(
-            "n".to_string(),
-            riskstream_common::FeatureValue::Number(1.0),
-        )]
-        .into_iter()
-        .collect(),
-        models: Vec::new(),
-        rules_version: "r1".into(),
-        late: false,
-        lateness_ms: 0,
-        processing_latency_us: 10,
-    }
 }
 
 on_both_stores!(decisions_by_event_id_and_by_account_and_time_range: decisions_by_event_id_and_by_account_and_time_range_on_clickhouse, decisions_by_event_id_and_by_account_and_time_range_in_memory);
