@@ -18,8 +18,8 @@ use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use riskstream_common::kafka::Topics;
 use riskstream_common::{Decision, Outcome};
-use riskstream_store::schema::{DecisionRow, attr_type};
 use riskstream_store::TraceStore;
+use riskstream_store::schema::{DecisionRow, attr_type};
 use riskstream_testkit::kafka::TestKafka;
 use riskstream_testkit::unique;
 use riskstream_trace_collector::{App as Collector, CollectorSection, Config as CollectorConfig};
@@ -44,7 +44,6 @@ fn trace_ids(body: &Value) -> Vec<String> {
 fn find_tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span["tags"].as_array()?.iter().find(|t| t["key"] == key)
 }
-
 
 on_both_stores!(search_filters_each_change_the_result_as_documented: search_filters_each_change_the_result_as_documented_on_clickhouse, search_filters_each_change_the_result_as_documented_in_memory);
 

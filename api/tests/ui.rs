@@ -22,38 +22,41 @@ async fn pages_show_decisions_traces_and_a_waterfall(store: Arc<dyn TraceStore>)
     declined.trace_id = A.into();
     let approved = decision("acc-ui", now_ms - 500, Outcome::Approve);
     let event_id = declined.event_id.to_string();
-    insert_spans(&store, &[
-        row(
-            A,
-            "00000000000000a1",
-            "",
-            "riskstream-ingest",
-            "POST /v1/events",
-            now_ns - 2_000_000,
-            1_500_000,
-            &[],
-        ),
-        row(
-            A,
-            "00000000000000a2",
-            "00000000000000a1",
-            "riskstream-worker",
-            "riskstream.worker.process",
-            now_ns - 1_000_000,
-            400_000,
-            &[("event_id", &event_id, attr_type::STRING)],
-        ),
-        row(
-            A,
-            "00000000000000a3",
-            "00000000000000a2",
-            "riskstream-worker",
-            "<script>alert(1)</script>",
-            now_ns - 900_000,
-            100_000,
-            &[],
-        ),
-    ])
+    insert_spans(
+        &store,
+        &[
+            row(
+                A,
+                "00000000000000a1",
+                "",
+                "riskstream-ingest",
+                "POST /v1/events",
+                now_ns - 2_000_000,
+                1_500_000,
+                &[],
+            ),
+            row(
+                A,
+                "00000000000000a2",
+                "00000000000000a1",
+                "riskstream-worker",
+                "riskstream.worker.process",
+                now_ns - 1_000_000,
+                400_000,
+                &[("event_id", &event_id, attr_type::STRING)],
+            ),
+            row(
+                A,
+                "00000000000000a3",
+                "00000000000000a2",
+                "riskstream-worker",
+                "<script>alert(1)</script>",
+                now_ns - 900_000,
+                100_000,
+                &[],
+            ),
+        ],
+    )
     .await;
     let rows: Vec<DecisionRow> = [&declined, &approved]
         .into_iter()
@@ -100,7 +103,10 @@ async fn pages_show_decisions_traces_and_a_waterfall(store: Arc<dyn TraceStore>)
 
     let (status, html) = get_text(&router, "/ui/traces/not-hex").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
-    assert!(html.contains("trace_id") || html.contains("trace id"), "{html}");
+    assert!(
+        html.contains("trace_id") || html.contains("trace id"),
+        "{html}"
+    );
     let (status, _) = get_text(&router, &format!("/ui/traces/{D}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = get_text(&router, "/ui/?limit=zero").await;

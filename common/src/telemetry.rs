@@ -123,27 +123,61 @@ pub fn init(
     init_with(cfg, service_name, kafka, None)
 }
 
-/// As [`init`], but the log (at `log_level`) goes to `log_file` (appended) and only warnings
-/// and errors reach stderr: for the demo, whose terminal shows progress, not a log.
-pub fn init_with_log_file(
+/// The services of one process that runs them all (the demo): a span's `service.name` is the
+/// service of the crate that opened it (its `code.module.name`), so a trace through the demo
+/// shows the same services as one through separate processes.
+pub const DEMO_SERVICES: &[(&str, &str)] = &[
+    ("riskstream_ingest", "riskstream-ingest"),
+    ("riskstream_feature_worker", "riskstream-worker"),
+    ("riskstream_trace_collector", "riskstream-collector"),
+    ("riskstream_api", "riskstream-api"),
+];
+
+/// For the demo, which runs every service in one process: as [`init`], but the log (at
+/// `log_level`) goes to `log_file` (appended), only warnings and errors reach stderr (the
+/// terminal shows progress, not a log), and spans are named by [`DEMO_SERVICES`].
+/// Spans are exported every `export_delay` (the SDK's default is 5 s), so the demo can look a
+/// trace up right after its decision.
+pub fn init_for_demo(
     cfg: &TelemetryConfig,
-    service_name: &str,
+    default_service: &str,
     kafka: Option<&KafkaConfig>,
     log_file: std::fs::File,
+    export_delay: Duration,
 ) -> TelemetryGuard {
-    init_with(cfg, service_name, kafka, Some(log_file))
+    init_with(
+        cfg,
+        default_service,
+        kafka,
+        Some(Demo {
+            log_file,
+            export_delay,
+        }),
+    )
+}
+
+/// What [`init_for_demo`] changes.
+struct Demo {
+    log_file: std::fs::File,
+    export_delay: Duration,
 }
 
 fn init_with(
     cfg: &TelemetryConfig,
     service_name: &str,
     kafka: Option<&KafkaConfig>,
-    log_file: Option<std::fs::File>,
+    demo: Option<Demo>,
 ) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let provider = build_provider(cfg, service_name, kafka);
+    let provider = build_provider(
+        cfg,
+        service_name,
+        kafka,
+        demo.as_ref().map(|d| d.export_delay),
+    );
+    let log_file = demo.map(|d| d.log_file);
     let otel = provider.as_ref().map(|p| {
         // Only our own spans go to OpenTelemetry; dependencies' spans stay in the logs.
         let targets = tracing_subscriber::filter::Targets::new()
@@ -187,6 +221,7 @@ fn build_provider(
     cfg: &TelemetryConfig,
     service_name: &str,
     kafka: Option<&KafkaConfig>,
+    demo_export_delay: Option<Duration>,
 ) -> Option<SdkTracerProvider> {
     let resource = Resource::builder()
         .with_service_name(service_name.to_string())
@@ -200,7 +235,20 @@ fn build_provider(
         exporter::KAFKA => {
             let kafka = kafka?;
             match KafkaSpanExporter::new(kafka) {
-                Ok(e) => Some(builder.with_batch_exporter(e).build()),
+                Ok(e) => Some(match demo_export_delay {
+                    None => builder.with_batch_exporter(e).build(),
+                    Some(delay) => {
+                        let config = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                            .with_scheduled_delay(delay)
+                            .build();
+                        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(
+                            e.with_services(DEMO_SERVICES),
+                        )
+                        .with_batch_config(config)
+                        .build();
+                        builder.with_span_processor(processor).build()
+                    }
+                }),
                 Err(e) => {
                     eprintln!("warning: span export to kafka disabled: {e}");
                     None
@@ -230,6 +278,11 @@ pub struct KafkaSpanExporter {
     producer: FutureProducer,
     topic: String,
     resource: ResourceAttributesWithSchema,
+    /// (crate, service) pairs naming spans by the crate that opened them; empty: every span
+    /// is of the provider's service.
+    services: &'static [(&'static str, &'static str)],
+    /// The provider's resource with each of `services` as `service.name`.
+    service_resources: Vec<ResourceAttributesWithSchema>,
 }
 
 impl KafkaSpanExporter {
@@ -240,7 +293,49 @@ impl KafkaSpanExporter {
             producer: k.producer()?,
             topic: kafka.topics.otlp_spans.clone(),
             resource: ResourceAttributesWithSchema::default(),
+            services: &[],
+            service_resources: Vec::new(),
         })
+    }
+
+    /// Names each span's service by the crate that opened it ([`DEMO_SERVICES`]).
+    pub fn with_services(mut self, services: &'static [(&'static str, &'static str)]) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// Which of `services` opened `span` (by its `code.module.name`), if any.
+    fn service_of(&self, span: &SpanData) -> Option<usize> {
+        let module = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "code.module.name")?
+            .value
+            .as_str();
+        let krate = module.split("::").next()?;
+        self.services.iter().position(|(c, _)| *c == krate)
+    }
+
+    fn request(&self, batch: Vec<SpanData>) -> ExportTraceServiceRequest {
+        if self.services.is_empty() || self.service_resources.is_empty() {
+            return ExportTraceServiceRequest {
+                resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
+            };
+        }
+        let mut groups: Vec<Vec<SpanData>> = vec![Vec::new(); self.services.len() + 1];
+        for span in batch {
+            let i = self.service_of(&span).unwrap_or(self.services.len());
+            groups[i].push(span);
+        }
+        let mut resource_spans = Vec::new();
+        for (i, group) in groups.into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let resource = self.service_resources.get(i).unwrap_or(&self.resource);
+            resource_spans.extend(group_spans_by_resource_and_scope(group, resource));
+        }
+        ExportTraceServiceRequest { resource_spans }
     }
 }
 
@@ -257,9 +352,7 @@ impl SpanExporter for KafkaSpanExporter {
         &self,
         batch: Vec<SpanData>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let request = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
-        };
+        let request = self.request(batch);
         let bytes = request.encode_to_vec();
         let enqueued = self
             .producer
@@ -278,6 +371,21 @@ impl SpanExporter for KafkaSpanExporter {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = resource.into();
+        self.service_resources = self
+            .services
+            .iter()
+            .map(|(_, service)| {
+                let named = Resource::builder_empty()
+                    .with_attributes(
+                        resource
+                            .iter()
+                            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+                    )
+                    .with_service_name(service.to_string())
+                    .build();
+                (&named).into()
+            })
+            .collect();
     }
 }
 

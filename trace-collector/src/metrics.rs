@@ -155,6 +155,18 @@ impl Metrics {
             .inc_by(n as u64);
     }
 
+    /// Spans stored so far, from every span receiver (decisions not counted).
+    pub fn spans_stored(&self) -> u64 {
+        [receiver::KAFKA, receiver::OTLP_HTTP, receiver::OTLP_GRPC]
+            .into_iter()
+            .map(|r| {
+                self.stored
+                    .get_or_create(&ReceiverLabels { receiver: r.into() })
+                    .get()
+            })
+            .sum()
+    }
+
     pub fn rejected(&self, receiver: &str, reason: &str, n: usize) {
         self.rejected
             .get_or_create(&RejectLabels {

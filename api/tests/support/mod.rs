@@ -170,4 +170,3 @@ pub fn decision(account: &str, event_time_ms: i64, outcome: Outcome) -> Decision
         processing_latency_us: 10,
     }
 }
-
