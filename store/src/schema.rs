@@ -2,6 +2,12 @@
 //! and read, and the idempotent migrations run at start-up (plus retention). The same schema runs
 //! on ClickHouse 18.16 (Debian) and current releases; see `docs/tracing.md`.
 //!
+//! Duplicates: delivery is at least once (a retried insert whose first answer was lost, a
+//! replay after a crash), so the tables that hold spans and decisions are `ReplacingMergeTree`:
+//! rows with the same sort key (the same span, the same decision) are merged into one in the
+//! background, and every read also removes the duplicates not merged yet. Neither insert
+//! deduplication tokens nor non-replicated deduplication exist on 18.16; the engine does.
+//!
 //! Layout:
 //! - `spans`: one row per span, `ORDER BY (trace_id, start_time_unix_nano, span_id)`, so a trace
 //!   by id is a primary-key range read, never a scan.
@@ -250,7 +256,7 @@ pub fn migrations(database: &str) -> Vec<String> {
     vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!(
-            "CREATE TABLE IF NOT EXISTS {spans} ({SPAN_COLUMNS}) ENGINE = MergeTree() \
+            "CREATE TABLE IF NOT EXISTS {spans} ({SPAN_COLUMNS}) ENGINE = ReplacingMergeTree() \
              PARTITION BY intDiv(start_time_unix_nano, {NANOS_PER_DAY}) \
              ORDER BY (trace_id, start_time_unix_nano, span_id)",
             spans = t(table::SPANS)
@@ -285,13 +291,13 @@ pub fn migrations(database: &str) -> Vec<String> {
             spans = t(table::SPANS)
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {d} ({DECISION_COLUMNS}) ENGINE = MergeTree() \
+            "CREATE TABLE IF NOT EXISTS {d} ({DECISION_COLUMNS}) ENGINE = ReplacingMergeTree() \
              PARTITION BY intDiv(event_time_ms, {MILLIS_PER_DAY}) \
              ORDER BY (account_id, event_time_ms, event_id)",
             d = t(table::DECISIONS)
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {d} ({DECISION_COLUMNS}) ENGINE = MergeTree() \
+            "CREATE TABLE IF NOT EXISTS {d} ({DECISION_COLUMNS}) ENGINE = ReplacingMergeTree() \
              PARTITION BY intDiv(event_time_ms, {MILLIS_PER_DAY}) ORDER BY event_id",
             d = t(table::DECISIONS_BY_EVENT)
         ),

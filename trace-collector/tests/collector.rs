@@ -630,7 +630,46 @@ async fn kafka_spans_and_decisions_are_stored_and_invalid_spans_dead_lettered() 
     h.shutdown().await;
 }
 
-#[tokio::test]
+/// How long the outage test keeps ClickHouse down (issue: a minute under load).
+const OUTAGE: Duration = Duration::from_secs(60);
+
+/// The value of the first sample of `metric` whose labels contain `label` on `/metrics`.
+async fn metric(http: &reqwest::Client, url: &str, metric: &str, label: &str) -> Option<f64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The sum of the collector group's committed offsets on `topic` (2 partitions), read from
+/// the group coordinator by a consumer of the same group that does not join it.
+fn committed_sum(h: &Harness, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = h
+        .config
+        .kafka
+        .consumer_config(&h.config.collector.group_id)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw())
+        .filter(|o| *o >= 0)
+        .sum()
+}
+
+/// ClickHouse stopped for a minute under span and decision load: OTLP requests get 503 with
+/// `Retry-After` (never 2xx), the queue stays within its bound, the Kafka receivers stop
+/// committing (the group's committed offsets stay put) instead of buffering more, and once the server is back
+/// everything produced is stored, exactly once after the engine's merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_stopped_mid_stream_loses_nothing_acknowledged() {
     let private = ClickHouseServer::start_private();
     let h = Harness::start_with(private.url(), |c| {
@@ -649,14 +688,24 @@ async fn clickhouse_stopped_mid_stream_loses_nothing_acknowledged() {
             })
             .collect()
     };
+    let decisions = |first: i64, n: i64| -> Vec<Vec<u8>> {
+        (first..first + n)
+            .map(|i| {
+                serde_json::to_vec(&decision("acc-outage", 1_700_000_000_000 + i)).expect("json")
+            })
+            .collect()
+    };
     h.produce(&h.topics.otlp_spans, batch(0, 100)).await;
+    h.produce(&h.topics.decisions, decisions(0, 50)).await;
     assert_eq!(
         wait_count(&client, "SELECT count(DISTINCT span_id) FROM spans", 100).await,
         100
     );
 
     private.stop();
-    h.produce(&h.topics.otlp_spans, batch(100, 400)).await;
+    let outage_started = Instant::now();
+    h.produce(&h.topics.otlp_spans, batch(100, 900)).await;
+    h.produce(&h.topics.decisions, decisions(50, 450)).await;
     // During the outage an OTLP request is never answered 2xx: the queue is full (Kafka
     // filled it) or its spans cannot be stored in time.
     let http = reqwest::Client::new();
@@ -677,16 +726,69 @@ async fn clickhouse_stopped_mid_stream_loses_nothing_acknowledged() {
         resp.status()
     );
     assert!(resp.headers().contains_key("retry-after"));
+    // Bounded memory, and backpressure by not committing: sampled through the outage.
+    let metrics_url = h.url("/metrics");
+    let mut max_queued = 0.0f64;
+    while outage_started.elapsed() < OUTAGE {
+        for table in ["spans", "decisions"] {
+            if let Some(q) = metric(&http, &metrics_url, "collector_queue_rows", table).await {
+                max_queued = max_queued.max(q);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(max_queued <= 200.0, "queue over its bound: {max_queued}");
+    assert!(
+        max_queued > 0.0,
+        "the queue held the rows waiting for the server"
+    );
+    let committed = committed_sum(&h, &h.topics.otlp_spans);
+    assert!(
+        committed <= 100,
+        "the spans receiver committed {committed} offsets while nothing could be stored"
+    );
 
     private.start();
-    // Everything produced is stored, at least once, after the server returns.
+    // Everything produced is stored after the server returns, and once merged, once.
     let n = wait_count(
         &client,
         "SELECT count(DISTINCT span_id) FROM spans WHERE service_name = 'outage'",
+        1000,
+    )
+    .await;
+    assert_eq!(n, 1000);
+    let n = wait_count(
+        &client,
+        "SELECT count(DISTINCT event_id) FROM decisions WHERE account_id = 'acc-outage'",
         500,
     )
     .await;
     assert_eq!(n, 500);
+    for t in ["spans", "decisions"] {
+        client
+            .query(&format!("OPTIMIZE TABLE {t} FINAL"))
+            .execute()
+            .await
+            .expect("optimize");
+    }
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count() FROM spans WHERE service_name = 'outage'"
+        )
+        .await,
+        1000,
+        "retried inserts left no duplicate span"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count() FROM decisions WHERE account_id = 'acc-outage'"
+        )
+        .await,
+        500,
+        "retried inserts left no duplicate decision"
+    );
     h.shutdown().await;
 }
 
