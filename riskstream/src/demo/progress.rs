@@ -27,6 +27,8 @@ const REDRAW: Duration = Duration::from_millis(500);
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// Flagged decisions kept as candidates for the GET lines.
 const CANDIDATES: usize = 64;
+/// Latency percentiles cover the last one to two of these.
+const LATENCY_WINDOW: Duration = Duration::from_secs(10);
 /// The worker's consumer-lag gauge (summed over its stages).
 const LAG_METRIC: &str = "riskstream_worker_consumer_lag";
 
@@ -49,10 +51,11 @@ pub struct Sources {
 struct Stats {
     started: Instant,
     by_outcome: BTreeMap<Outcome, u64>,
-    /// Event time to decision read back here, microseconds.
-    end_to_end_us: Histogram<u64>,
-    /// Inside the worker (read to produce), microseconds.
-    worker_us: Histogram<u64>,
+    /// Posted to ingest to decision read back here, microseconds: this window and the last.
+    end_to_end_us: [Histogram<u64>; 2],
+    /// Inside the worker (read to produce), microseconds: this window and the last.
+    worker_us: [Histogram<u64>; 2],
+    window_started: Instant,
     lag: Option<i64>,
     last_accepted: u64,
     last_tick: Instant,
@@ -68,8 +71,9 @@ impl Stats {
         Self {
             started: Instant::now(),
             by_outcome: BTreeMap::new(),
-            end_to_end_us: hist(),
-            worker_us: hist(),
+            end_to_end_us: [hist(), hist()],
+            worker_us: [hist(), hist()],
+            window_started: Instant::now(),
             lag: None,
             last_accepted: 0,
             last_tick: Instant::now(),
@@ -79,16 +83,18 @@ impl Stats {
         }
     }
 
-    fn record(&mut self, d: Decision) {
+    fn record(&mut self, d: Decision, posted_at_ms: Option<i64>) {
         *self.by_outcome.entry(d.outcome).or_default() += 1;
-        let e2e_ms = (riskstream_common::now_ms() - d.event_time_ms).max(0);
-        let _ = self.end_to_end_us.record(
-            u64::try_from(e2e_ms)
-                .unwrap_or(0)
-                .saturating_mul(1000)
-                .max(1),
-        );
-        let _ = self.worker_us.record(d.processing_latency_us.max(1));
+        if let Some(posted) = posted_at_ms {
+            let e2e_ms = (riskstream_common::now_ms() - posted).max(0);
+            let _ = self.end_to_end_us[0].record(
+                u64::try_from(e2e_ms)
+                    .unwrap_or(0)
+                    .saturating_mul(1000)
+                    .max(1),
+            );
+        }
+        let _ = self.worker_us[0].record(d.processing_latency_us.max(1));
         let keep = |q: &mut VecDeque<Decision>, d: Decision| {
             q.push_back(d);
             if q.len() > CANDIDATES {
@@ -117,12 +123,18 @@ impl Stats {
     }
 
     fn status(&self, sent: &Sent, spans_stored: u64) -> String {
-        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        // Percentiles of the last one to two windows, not of the whole run (start-up's
+        // group join would dominate them for good).
+        let ms = |h: &[Histogram<u64>; 2], q: f64| {
+            let mut both = h[0].clone();
+            let _ = both.add(&h[1]);
+            both.value_at_quantile(q) as f64 / 1000.0
+        };
         let lag = self.lag.map_or_else(|| "-".to_string(), |l| l.to_string());
         format!(
             "{:>4}s  events {} ({:.0}/s, {} refused)  decided {}  lag {}  spans stored {}\n\
              {}\n\
-             decision latency p50 {:.1} ms  p99 {:.1} ms  (in the worker p50 {:.2} ms  p99 {:.2} ms)",
+             decision latency (posted to decided, last {}-{} s) p50 {:.1} ms  p99 {:.1} ms  (in the worker p50 {:.2} ms  p99 {:.2} ms)",
             self.started.elapsed().as_secs(),
             sent.accepted.load(Ordering::Relaxed),
             self.events_per_sec,
@@ -131,6 +143,8 @@ impl Stats {
             lag,
             spans_stored,
             self.outcomes_line(),
+            LATENCY_WINDOW.as_secs(),
+            2 * LATENCY_WINDOW.as_secs(),
             ms(&self.end_to_end_us, 0.5),
             ms(&self.end_to_end_us, 0.99),
             ms(&self.worker_us, 0.5),
@@ -144,6 +158,13 @@ impl Stats {
         self.events_per_sec = (accepted - self.last_accepted.min(accepted)) as f64 / secs;
         self.last_accepted = accepted;
         self.last_tick = Instant::now();
+        if self.window_started.elapsed() >= LATENCY_WINDOW {
+            self.window_started = Instant::now();
+            for h in [&mut self.end_to_end_us, &mut self.worker_us] {
+                h.swap(0, 1);
+                h[0].reset();
+            }
+        }
     }
 }
 
@@ -259,7 +280,8 @@ pub async fn run(src: Sources, shutdown: CancellationToken) -> anyhow::Result<()
                 if let Ok(m) = m
                     && let Some(d) = m.payload().and_then(|p| serde_json::from_slice::<Decision>(p).ok())
                 {
-                    stats.record(d);
+                    let posted = src.sent.posted_at_ms(&d.event_id);
+                    stats.record(d, posted);
                 }
             }
             line = stdin.next_line(), if stdin_open => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::shutdown::CancellationToken;
 
-/// Events whose card is remembered.
+/// Events whose card and posting time are remembered.
 const CARDS_REMEMBERED: usize = 200_000;
 /// How often a batch is posted.
 const TICK: Duration = Duration::from_millis(100);
@@ -22,20 +22,27 @@ pub struct Sent {
     pub accepted: AtomicU64,
     /// Events ingest refused or could not be reached for.
     pub refused: AtomicU64,
-    cards: Mutex<(HashMap<uuid::Uuid, String>, VecDeque<uuid::Uuid>)>,
+    /// Recent events: their card and when they were posted (epoch ms).
+    recent: Mutex<(HashMap<uuid::Uuid, (String, i64)>, VecDeque<uuid::Uuid>)>,
 }
 
 impl Sent {
     /// The card of a recently sent event.
     pub fn card_of(&self, event_id: &uuid::Uuid) -> Option<String> {
-        let cards = self.cards.lock().unwrap_or_else(|e| e.into_inner());
-        cards.0.get(event_id).cloned()
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.0.get(event_id).map(|(card, _)| card.clone())
     }
 
-    fn remember(&self, event_id: uuid::Uuid, card: String) {
-        let mut cards = self.cards.lock().unwrap_or_else(|e| e.into_inner());
-        let (by_id, order) = &mut *cards;
-        by_id.insert(event_id, card);
+    /// When a recent event was posted to ingest (epoch ms).
+    pub fn posted_at_ms(&self, event_id: &uuid::Uuid) -> Option<i64> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.0.get(event_id).map(|(_, at)| *at)
+    }
+
+    fn remember(&self, event_id: uuid::Uuid, card: String, posted_at_ms: i64) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let (by_id, order) = &mut *recent;
+        by_id.insert(event_id, (card, posted_at_ms));
         order.push_back(event_id);
         while order.len() > CARDS_REMEMBERED {
             if let Some(old) = order.pop_front() {
@@ -86,9 +93,8 @@ pub async fn run(
             continue;
         }
         for e in &batch {
-            if let Some(card) = &e.card_id {
-                sent.remember(e.event_id, card.clone());
-            }
+            let card = e.card_id.clone().unwrap_or_default();
+            sent.remember(e.event_id, card, now);
         }
         let count = batch.len() as u64;
         let answer = tokio::select! {
