@@ -23,8 +23,11 @@ pub struct Sent {
     /// Events ingest refused or could not be reached for.
     pub refused: AtomicU64,
     /// Recent events: their card and when they were posted (epoch ms).
-    recent: Mutex<(HashMap<uuid::Uuid, (String, i64)>, VecDeque<uuid::Uuid>)>,
+    recent: Mutex<Recent>,
 }
+
+/// Card and posting time (epoch ms) by event id, and the ids in posting order for eviction.
+type Recent = (HashMap<uuid::Uuid, (String, i64)>, VecDeque<uuid::Uuid>);
 
 impl Sent {
     /// The card of a recently sent event.
