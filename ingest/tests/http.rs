@@ -349,3 +349,96 @@ async fn shutdown_drains_and_stops_accepting() {
         .await;
     assert!(after.is_err(), "no longer accepting connections");
 }
+
+/// The broker frozen (SIGSTOP) under load, then thawed: every request gets 202 or 503 (with
+/// `Retry-After`), at least one gets 503 while it is frozen, and every event answered 202 is on
+/// the topic exactly once (the idempotent producer retries without duplicating). A 503'd event
+/// may still land once the broker thaws: the caller retries it with the same event id, and
+/// consumers see at most that one extra copy (documented in docs/ingest.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_under_load_gets_503s_and_every_202_is_on_the_topic_once() {
+    let topics = topics();
+    let broker = TestKafka::private_with_topics(2, &topics);
+    let app = spawn_app(
+        &broker,
+        &topics,
+        IngestConfig {
+            produce_timeout: Duration::from_millis(1000),
+            ..IngestConfig::default()
+        },
+    )
+    .await;
+    let app = std::sync::Arc::new(app);
+    let stop = CancellationToken::new();
+    let mut load = tokio::task::JoinSet::new();
+    for client in 0..4 {
+        let (app, stop) = (app.clone(), stop.clone());
+        load.spawn(async move {
+            let mut answers: Vec<(u16, Vec<String>)> = Vec::new();
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                i += 1;
+                let body = json!([event(&format!("acc-{client}-{i}"), 1.0)]).to_string();
+                let (status, body, headers) = app.post("application/json", body).await;
+                if status == 503 {
+                    assert!(headers.contains_key("retry-after"), "{body}");
+                }
+                // 202: `{results}`; 503: `{code, message, data: {results}}`.
+                let results = if status == 202 {
+                    &body["results"]
+                } else {
+                    &body["data"]["results"]
+                };
+                let ids = results
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["status"] == "accepted")
+                    .filter_map(|r| r["event_id"].as_str().map(String::from))
+                    .collect();
+                answers.push((status, ids));
+            }
+            answers
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.process().pause();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    broker.process().resume();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.cancel();
+    let mut answers = Vec::new();
+    while let Some(a) = load.join_next().await {
+        answers.extend(a.expect("load task"));
+    }
+    let statuses: std::collections::BTreeSet<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 503),
+        "only 202 or 503: {statuses:?}"
+    );
+    assert!(statuses.contains(&503), "the frozen broker was noticed");
+    let accepted: Vec<&String> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .flat_map(|(_, ids)| ids)
+        .collect();
+    assert!(accepted.len() > 100, "load ran: {}", accepted.len());
+    let records = read_records(
+        &app.kafka,
+        &topics.events,
+        answers.len(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut copies: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in &records {
+        let id = r.json()["event_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *copies.entry(id).or_default() += 1;
+    }
+    for id in &accepted {
+        assert_eq!(copies.get(*id), Some(&1), "event {id} answered 202");
+    }
+}
