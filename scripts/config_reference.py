@@ -24,7 +24,7 @@ SECTIONS = {
     "worker.state": ("feature-worker/src/features/engine.rs", "StateConfig"),
     "worker.scoring": ("feature-worker/src/scoring/config.rs", "ScoringConfig"),
     "worker.scoring.thresholds": ("feature-worker/src/scoring/config.rs", "Thresholds"),
-    "clickhouse": ("trace-collector/src/config.rs", "ClickHouseConfig"),
+    "clickhouse": ("store/src/config.rs", "ClickHouseConfig"),
     "collector": ("trace-collector/src/config.rs", "CollectorSection"),
     "api": ("api/src/config.rs", "ApiSection"),
 }
