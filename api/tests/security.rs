@@ -53,10 +53,7 @@ async fn traces_and_decisions_need_their_scopes() {
     let http = reqwest::Client::new();
     let get = |path: &str, a: Option<&str>| {
         let r = http.get(format!("http://{addr}{path}"));
-        match a {
-            Some(a) => r.header("authorization", a),
-            None => r,
-        }
+        riskstream_testkit::auth::authorized(r, a)
     };
     let make = |a: Option<&str>| get("/api/services", a);
     let refusals = exercise_guard(

@@ -66,30 +66,21 @@ impl Interceptor for GrpcGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AccessConfig, AuthConfig};
+    use crate::config::AccessConfig;
     use crate::guard::{Access, Rule};
     use crate::scope::Scope;
-    use crate::token::TokenFile;
 
     static RULES: &[Rule] = &[Rule::new("/svc/Export", Access::Scope(Scope::TracesWrite))];
 
     #[test]
     fn calls_need_a_token_with_the_scope() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.toml");
-        let mut file = TokenFile::default();
-        let now = chrono::Utc::now();
-        let writer = file.add("w", vec![Scope::TracesWrite], now).unwrap();
-        let reader = file.add("r", vec![Scope::TracesRead], now).unwrap();
-        file.save(&path).unwrap();
-        let config = AccessConfig {
-            auth: AuthConfig {
-                tokens_file: path,
-                ..AuthConfig::default()
-            },
-            ..AccessConfig::default()
-        };
-        let mut g = GrpcGuard::new(Guard::new("t", &config, RULES).unwrap(), "/svc/Export");
+        let f = crate::fixture::guard(
+            RULES,
+            &[("w", &[Scope::TracesWrite]), ("r", &[Scope::TracesRead])],
+            AccessConfig::default(),
+        );
+        let (writer, reader) = (&f.tokens[0], &f.tokens[1]);
+        let mut g = GrpcGuard::new(f.guard.clone(), "/svc/Export");
         let with = |t: &str| {
             let mut r = Request::new(());
             r.metadata_mut()
@@ -101,10 +92,10 @@ mod tests {
             tonic::Code::Unauthenticated
         );
         assert_eq!(
-            g.call(with(&reader)).unwrap_err().code(),
+            g.call(with(reader)).unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
-        assert!(g.call(with(&writer)).is_ok());
+        assert!(g.call(with(writer)).is_ok());
         let limited = status_of(&Denial::RateLimited {
             token: "w".into(),
             retry_after_secs: 2,

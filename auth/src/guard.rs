@@ -320,7 +320,6 @@ impl Guard {
 mod tests {
     use super::*;
     use crate::config::AuthConfig;
-    use crate::token::TokenFile;
 
     static RULES: &[Rule] = &[
         Rule::new("/healthz", Access::Public),
@@ -330,32 +329,26 @@ mod tests {
     ];
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        _f: crate::fixture::Fixture,
         guard: Guard,
         writer: String,
         admin: String,
     }
 
     fn fixture(auth: AuthConfig) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.toml");
-        let mut file = TokenFile::default();
-        let now = chrono::Utc::now();
-        let writer = file.add("writer", vec![Scope::EventsWrite], now).unwrap();
-        let admin = file.add("root", vec![Scope::Admin], now).unwrap();
-        file.save(&path).unwrap();
-        let config = AccessConfig {
-            auth: AuthConfig {
-                tokens_file: path,
-                ..auth
+        let f = crate::fixture::guard(
+            RULES,
+            &[("writer", &[Scope::EventsWrite]), ("root", &[Scope::Admin])],
+            AccessConfig {
+                auth,
+                ..AccessConfig::default()
             },
-            ..AccessConfig::default()
-        };
+        );
         Fixture {
-            guard: Guard::new("test", &config, RULES).unwrap(),
-            _dir: dir,
-            writer,
-            admin,
+            guard: f.guard.clone(),
+            writer: f.tokens[0].clone(),
+            admin: f.tokens[1].clone(),
+            _f: f,
         }
     }
 

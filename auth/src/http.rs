@@ -114,10 +114,9 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::config::{AccessConfig, AuthConfig, HttpConfig};
+    use crate::config::{AccessConfig, HttpConfig};
     use crate::guard::{Access, Rule};
     use crate::scope::Scope;
-    use crate::token::TokenFile;
 
     static RULES: &[Rule] = &[
         Rule::new("/healthz", Access::Public),
@@ -148,27 +147,20 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_json_with_headers_and_allowed_requests_reach_the_handler() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.toml");
-        let mut file = TokenFile::default();
-        let token = file
-            .add("c", vec![Scope::EventsWrite], chrono::Utc::now())
-            .unwrap();
-        let decider = file
-            .add("d", vec![Scope::Decide], chrono::Utc::now())
-            .unwrap();
-        file.save(&path).unwrap();
-        let config = AccessConfig {
-            auth: AuthConfig {
-                tokens_file: path,
-                ..AuthConfig::default()
-            },
+        let access = AccessConfig {
             http: HttpConfig {
                 max_header_bytes: 2048,
                 request_timeout: Duration::from_millis(100),
             },
+            ..AccessConfig::default()
         };
-        let guard = Guard::new("test", &config, RULES).unwrap();
+        let f = crate::fixture::guard(
+            RULES,
+            &[("c", &[Scope::EventsWrite]), ("d", &[Scope::Decide])],
+            access,
+        );
+        let (token, decider) = (f.tokens[0].clone(), f.tokens[1].clone());
+        let guard = f.guard.clone();
         let app = guard.protect(
             Router::new()
                 .route("/healthz", get(|| async { "ok" }))

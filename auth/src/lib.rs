@@ -24,6 +24,9 @@ pub mod scope;
 pub mod store;
 pub mod token;
 
+#[cfg(test)]
+mod fixture;
+
 pub use config::{AccessConfig, AuthConfig, HttpConfig};
 pub use guard::{Access, Denial, Guard, Principal, Rule};
 pub use scope::Scope;

@@ -189,10 +189,7 @@ async fn the_admin_routes_need_an_admin_token_health_and_metrics_do_not() {
     let http = reqwest::Client::new();
     let make = |a: Option<&str>| {
         let r = http.get(format!("http://{admin}/v1/rules"));
-        match a {
-            Some(a) => r.header("authorization", a),
-            None => r,
-        }
+        riskstream_testkit::auth::authorized(r, a)
     };
     let refusals = exercise_guard(
         &mut tokens,

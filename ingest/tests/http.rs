@@ -376,10 +376,7 @@ async fn bearer_tokens_scopes_limits_and_reload_guard_every_route() {
             .post(app.url(path))
             .header("content-type", "application/json")
             .body(body);
-        match authorization {
-            Some(a) => r.header("authorization", a),
-            None => r,
-        }
+        riskstream_testkit::auth::authorized(r, authorization)
     };
     let make = |a: Option<&str>| post("/v1/events", a, body.clone());
     let refusals = exercise_guard(

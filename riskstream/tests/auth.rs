@@ -143,7 +143,8 @@ async fn ingest_with_a_tokens_file_keeps_strangers_out_reloads_and_logs_no_token
         "{{\"event_time\": {}, \"account_id\": \"a\"}}",
         riskstream_common::now_ms()
     );
-    let post = |authorization: Option<&str>| {
+    // The status of one POST /v1/events with `Bearer <token>` (no header for `None`).
+    let status = async |token: Option<&str>| {
         let r = http
             .post(format!("http://{addr}/v1/events"))
             .header("content-type", "application/json")
@@ -152,47 +153,25 @@ async fn ingest_with_a_tokens_file_keeps_strangers_out_reloads_and_logs_no_token
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             )
             .body(event.clone());
-        match authorization {
-            Some(a) => r.header("authorization", a),
-            None => r,
-        }
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        riskstream_testkit::auth::authorized(r, bearer.as_deref())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     };
-    let status = |r: reqwest::Response| r.status().as_u16();
     let stranger = format!("rst_{}", riskstream_testkit::unique("stranger"));
-    assert_eq!(status(post(None).send().await.unwrap()), 401);
-    assert_eq!(
-        status(
-            post(Some(&format!("Bearer {stranger}")))
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    assert_eq!(
-        status(
-            post(Some(&format!("Bearer {reader}")))
-                .send()
-                .await
-                .unwrap()
-        ),
-        403
-    );
-    assert_eq!(
-        status(
-            post(Some(&format!("Bearer {client}")))
-                .send()
-                .await
-                .unwrap()
-        ),
-        202
-    );
+    assert_eq!(status(None).await, 401);
+    assert_eq!(status(Some(&stranger)).await, 401);
+    assert_eq!(status(Some(&reader)).await, 403);
+    assert_eq!(status(Some(&client)).await, 202);
 
     // A token added while ingest runs works without a restart.
     let late = add_token(&file_s, "late", "events:write");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = status(post(Some(&format!("Bearer {late}"))).send().await.unwrap());
+        let s = status(Some(&late)).await;
         if s == 202 {
             break;
         }
@@ -206,10 +185,7 @@ async fn ingest_with_a_tokens_file_keeps_strangers_out_reloads_and_logs_no_token
     // A broken file keeps the tokens in force.
     std::fs::write(&file, "[[token]\nbroken").unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        status(post(Some(&format!("Bearer {late}"))).send().await.unwrap()),
-        202
-    );
+    assert_eq!(status(Some(&late)).await, 202);
 
     assert!(ingest.terminate().success());
     let logs = std::fs::read_to_string(&log).unwrap();

@@ -109,6 +109,17 @@ impl Answer {
     }
 }
 
+/// `request` with an `Authorization` header if one is given.
+pub fn authorized(
+    request: reqwest::RequestBuilder,
+    authorization: Option<&str>,
+) -> reqwest::RequestBuilder {
+    match authorization {
+        Some(a) => request.header("authorization", a),
+        None => request,
+    }
+}
+
 /// Sends `request` and reads the answer.
 pub async fn send(request: reqwest::RequestBuilder) -> Answer {
     let r = request.send().await.expect("request");

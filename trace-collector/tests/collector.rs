@@ -741,10 +741,7 @@ async fn bearer_tokens_guard_both_otlp_receivers() {
             .post(h.url("/v1/traces"))
             .header("content-type", "application/json")
             .body(body);
-        match authorization {
-            Some(a) => r.header("authorization", a),
-            None => r,
-        }
+        riskstream_testkit::auth::authorized(r, authorization)
     };
     let make = |a: Option<&str>| post(a, body.to_string());
     let refusals = exercise_guard(
