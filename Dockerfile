@@ -12,7 +12,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/riskstream /usr/local/bin/riskstream
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*
+# libssl3 and ca-certificates: TLS to Kafka (librdkafka with OpenSSL) and https ClickHouse URLs.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/riskstream /usr/local/bin/riskstream
 COPY config /app/config
 WORKDIR /app

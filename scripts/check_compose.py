@@ -14,6 +14,9 @@
 5. metrics: every metric named in a dashboard query (deploy/grafana/dashboards/*.json) is one
    the services export: the names registered with prometheus_client in the Rust sources
    (`Registry::with_prefix("p")` + `.register("name", ...)`, with the suffixes of its type).
+6. auth: every riskstream service's `RISKSTREAM__AUTH__TOKENS_FILE` (relative to the image's
+   /app) lies in a directory mounted into it, and the mounted file is a tokens file the
+   binary reads (`riskstream auth list --file ...`).
 
 Exit status 1 with every problem listed, 0 when there are none.
 """
@@ -326,6 +329,42 @@ def check_metrics(dashboards: list[Path]) -> None:
             problem(f"{rel(d)}: metrics no service exports: {', '.join(unknown)}")
 
 
+# 6. auth ----------------------------------------------------------------------------------
+
+WORKDIR = "/app"  # the image's working directory (Dockerfile)
+
+
+def env_of(svc: dict) -> dict:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def check_auth(services: dict, binary: Path) -> None:
+    for name, svc in services.items():
+        if not is_riskstream(svc):
+            continue
+        path = env_of(svc).get("RISKSTREAM__AUTH__TOKENS_FILE", "")
+        if not path:
+            continue
+        target = path if path.startswith("/") else f"{WORKDIR}/{path}"
+        host = None
+        for hp, t in mounts_of(svc):
+            t = t.rstrip("/")
+            if target == t:
+                host = hp
+            elif target.startswith(t + "/"):
+                host = hp / target[len(t) + 1:]
+        if host is None:
+            problem(f"service {name}: tokens file {target} is not in a mounted directory")
+            continue
+        r = subprocess.run([str(binary), "auth", "list", "--file", str(host)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            problem(f"service {name}: tokens file {rel(host)}: {r.stderr.strip()}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compose", type=Path, default=ROOT / "docker-compose.yml")
@@ -347,12 +386,13 @@ def main() -> int:
     check_files(doc)
     check_scraping(services, a.prometheus)
     check_metrics(sorted(a.dashboards.glob("*.json")))
+    check_auth(services, a.binary)
     for p in problems:
         print(f"check-compose: {p}", file=sys.stderr)
     if problems:
         return 1
-    print(f"{rel(a.compose)}: schema, commands, files, scrape targets and "
-          f"dashboard metrics ok")
+    print(f"{rel(a.compose)}: schema, commands, files, scrape targets, "
+          f"dashboard metrics and tokens files ok")
     return 0
 
 

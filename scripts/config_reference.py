@@ -27,6 +27,8 @@ SECTIONS = {
     "clickhouse": ("store/src/config.rs", "ClickHouseConfig"),
     "collector": ("trace-collector/src/config.rs", "CollectorSection"),
     "api": ("api/src/config.rs", "ApiSection"),
+    "auth": ("auth/src/config.rs", "AuthConfig"),
+    "http": ("auth/src/config.rs", "HttpConfig"),
 }
 
 

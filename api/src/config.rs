@@ -14,6 +14,10 @@ pub struct ApiSection {
     pub default_search_limit: u32,
     /// Largest `limit` accepted by searches and decision listings.
     pub max_limit: u32,
+    /// Bearer tokens and HTTP limits: the root `[auth]` and `[http]` sections, which the
+    /// riskstream binary copies here (not a key of `[api]`). Default: open.
+    #[serde(skip)]
+    pub access: riskstream_auth::AccessConfig,
 }
 
 impl Default for ApiSection {
@@ -22,6 +26,7 @@ impl Default for ApiSection {
             listen: "127.0.0.1:8082".into(),
             default_search_limit: 20,
             max_limit: 1000,
+            access: riskstream_auth::AccessConfig::default(),
         }
     }
 }

@@ -94,6 +94,27 @@ impl From<StoreError> for JaegerError {
     }
 }
 
+/// Refusals of the access guard: Jaeger's envelope on the Jaeger routes (`/api/...`, so
+/// Grafana shows the message), the native envelope elsewhere, with `WWW-Authenticate` /
+/// `Retry-After`.
+pub fn render_denial(
+    denial: &riskstream_auth::Denial,
+    request: &riskstream_auth::http::RequestView,
+) -> Response {
+    if !request.path.starts_with("/api/") {
+        return riskstream_auth::http::json_error(denial, request);
+    }
+    let status = denial.status();
+    let body = json!({
+        "data": null,
+        "total": 0,
+        "limit": 0,
+        "offset": 0,
+        "errors": [{ "code": status.as_u16(), "msg": denial.to_string() }],
+    });
+    riskstream_auth::http::with_headers(denial, (status, Json(body)).into_response())
+}
+
 impl IntoResponse for JaegerError {
     fn into_response(self) -> Response {
         let status = self.0.status();

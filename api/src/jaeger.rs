@@ -249,6 +249,7 @@ pub async fn service_operations(
     State(state): State<AppState>,
     Path(service): Path<String>,
 ) -> Result<Json<Envelope<Vec<String>>>, JaegerError> {
+    let service = params::name("service", &service)?;
     let mut names: Vec<String> = state
         .store
         .operations(&service, None)
@@ -280,6 +281,7 @@ pub async fn operations(
         .service
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::bad_param("service", "parameter 'service' is required"))?;
+    let service = params::name("service", &service)?;
     let kind =
         match p.span_kind.as_deref().filter(|k| !k.is_empty()) {
             None => None,

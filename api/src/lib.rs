@@ -27,6 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use riskstream_auth::{Access, Guard, Rule, Scope};
 use riskstream_common::config::{ConfigError, Validate};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +89,32 @@ impl ApiMetrics {
     }
 }
 
+/// What each route needs (docs/security.md has the table of every service).
+pub static AUTH_RULES: &[Rule] = &[
+    Rule::new("/api/traces/{trace_id}", Access::Scope(Scope::TracesRead)),
+    Rule::new("/api/traces", Access::Scope(Scope::TracesRead)),
+    Rule::new("/api/services", Access::Scope(Scope::TracesRead)),
+    Rule::new(
+        "/api/services/{service}/operations",
+        Access::Scope(Scope::TracesRead),
+    ),
+    Rule::new("/api/operations", Access::Scope(Scope::TracesRead)),
+    Rule::new("/v1/traces/{trace_id}", Access::Scope(Scope::TracesRead)),
+    Rule::new(
+        "/v1/decisions/{event_id}",
+        Access::Scope(Scope::DecisionsRead),
+    ),
+    Rule::new("/v1/decisions", Access::Scope(Scope::DecisionsRead)),
+    // The pages show decisions (the list) and traces (the waterfall with its decisions).
+    Rule::new(ui::UI_ROUTE, Access::Scope(Scope::DecisionsRead)),
+    Rule::new(ui::UI_TRACE_ROUTE, Access::Scope(Scope::TracesRead)),
+    Rule::new("/ui", Access::Public),
+    Rule::new("/healthz", Access::Public),
+    Rule::new("/readyz", Access::Public),
+    Rule::new("/metrics", Access::Metrics),
+    Rule::new(OPENAPI_ROUTE, Access::Public),
+];
+
 /// What every handler reads.
 #[derive(Clone)]
 pub struct AppState {
@@ -95,21 +122,30 @@ pub struct AppState {
     pub metrics: ApiMetrics,
     pub default_search_limit: u32,
     pub max_limit: u32,
+    /// Bearer tokens, scopes, rate and header limits, request timeout ([`AUTH_RULES`]).
+    pub guard: Guard,
 }
 
 impl AppState {
-    /// State reading the configured ClickHouse.
+    /// State reading the configured ClickHouse, with the configured guard; a tokens file that
+    /// cannot be read refuses every protected route (see [`App::build`], which fails instead).
     pub fn new(config: &Config) -> Self {
         Self::with_store(config, Arc::new(ClickHouseStore::new(&config.clickhouse)))
     }
 
-    /// State reading `store` (the configured ClickHouse is then not contacted).
+    /// As [`AppState::new`], reading `store` (the configured ClickHouse is then not contacted).
     pub fn with_store(config: &Config, store: Arc<dyn TraceStore>) -> Self {
+        let guard = Guard::new_or_closed("api", &config.api.access, AUTH_RULES);
+        Self::with_parts(config, store, guard)
+    }
+
+    pub fn with_parts(config: &Config, store: Arc<dyn TraceStore>, guard: Guard) -> Self {
         Self {
             store,
             metrics: ApiMetrics::default(),
             default_search_limit: config.api.default_search_limit,
             max_limit: config.api.max_limit,
+            guard: guard.with_renderer(error::render_denial),
         }
     }
 }
@@ -205,6 +241,7 @@ pub fn router(state: AppState) -> Router {
     use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
     let metrics = state.metrics.clone();
+    let guard = state.guard.clone();
     let (router, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .routes(routes!(jaeger::get_trace))
         .routes(routes!(jaeger::search))
@@ -222,7 +259,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     // Rendered once; every request gets the same bytes.
     let doc = doc.to_json().unwrap_or_default();
-    router
+    let router = router
         .route(
             OPENAPI_ROUTE,
             get(move || {
@@ -233,7 +270,10 @@ pub fn router(state: AppState) -> Router {
             "/ui",
             get(|| std::future::ready(axum::response::Redirect::permanent(ui::UI_ROUTE))),
         )
-        .fallback(not_found)
+        .fallback(not_found);
+    // Inside the request tracking, so refusals are counted by status too.
+    guard
+        .protect(router)
         .with_state(state)
         .layer(middleware::from_fn_with_state(metrics, track))
 }
@@ -251,6 +291,8 @@ pub enum ApiAppError {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("authentication: {0}")]
+    Auth(#[from] riskstream_auth::AuthError),
 }
 
 /// A built api, listening, not yet serving.
@@ -284,9 +326,10 @@ impl App {
                 addr: config.api.listen.clone(),
                 source,
             })?;
+        let guard = Guard::new("api", &config.api.access, AUTH_RULES)?;
         Ok(App {
             listener,
-            router: router(AppState::with_store(&config, store)),
+            router: router(AppState::with_parts(&config, store, guard)),
             shutdown,
         })
     }

@@ -202,6 +202,7 @@ pub async fn list_decisions(
         .account_id
         .filter(|a| !a.is_empty())
         .ok_or_else(|| ApiError::bad_param("account_id", "parameter 'account_id' is required"))?;
+    let account_id = params::name("account_id", &account_id)?;
     let from_ms = p
         .from
         .as_deref()

@@ -1,6 +1,11 @@
 //! Parsing of request parameters: trace ids, Jaeger search parameters (tags as a JSON object or
 //! `key:value`, Go-style durations such as `1.2s`, microsecond time bounds) and time bounds
 //! for decisions (RFC 3339 or epoch milliseconds). Every error names the parameter.
+//!
+//! Every value reaches ClickHouse as a bound parameter, never as SQL text; on top of that,
+//! names (services, tag keys, account ids) must be letters, digits and `._-:/@`, and free text
+//! (operations, tag values) must hold no control character, quote, backslash, semicolon or SQL
+//! comment marker, so an injection attempt is a 400 naming the parameter before any query.
 
 use crate::error::ApiError;
 use riskstream_store::TraceQuery;
@@ -15,6 +20,58 @@ pub fn trace_id(raw: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(raw.to_ascii_lowercase())
+}
+
+/// Longest name (service, tag key, account id) accepted.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest free-text value (operation, tag value) accepted.
+pub const MAX_TEXT_LEN: usize = 1024;
+
+/// A name: 1 to [`MAX_NAME_LEN`] letters, digits and `._-:/@` (OpenTelemetry service names
+/// and attribute keys, account ids).
+pub fn name(param: &str, raw: &str) -> Result<String, ApiError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_NAME_LEN
+        && raw
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@'));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(ApiError::bad_param(
+            param,
+            format!(
+                "malformed {param} {:?}: expected 1 to {MAX_NAME_LEN} letters, digits and ._-:/@",
+                truncated(raw)
+            ),
+        ))
+    }
+}
+
+/// Free text (an operation, a tag value): at most [`MAX_TEXT_LEN`] bytes without control
+/// characters, quotes, backslashes, semicolons or SQL comment markers (`--`, `/*`, `*/`).
+pub fn text(param: &str, raw: &str) -> Result<String, ApiError> {
+    let forbidden = |c: char| c.is_control() || matches!(c, '\'' | '"' | '`' | '\\' | ';');
+    let ok = raw.len() <= MAX_TEXT_LEN
+        && !raw.chars().any(forbidden)
+        && !["--", "/*", "*/"].iter().any(|m| raw.contains(m));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(ApiError::bad_param(
+            param,
+            format!(
+                "malformed {param} {:?}: at most {MAX_TEXT_LEN} bytes without control characters, \
+                 quotes, backslashes, semicolons or comment markers",
+                truncated(raw)
+            ),
+        ))
+    }
+}
+
+/// At most 64 characters of a refused value, for its error message.
+fn truncated(raw: &str) -> String {
+    raw.chars().take(64).collect()
 }
 
 /// A Go `time.ParseDuration` string (`1.5s`, `100ms`, `2m30s`, `250us`, `1h`) in nanoseconds.
@@ -115,9 +172,13 @@ pub fn trace_query(
     };
     for (k, v) in pairs {
         match k.as_str() {
-            "service" => q.service = v.clone(),
-            "operation" if !v.is_empty() => q.operation = Some(v.clone()),
-            "tags" | "tag" => q.tags.extend(tags(v)?),
+            "service" => q.service = name("service", v)?,
+            "operation" if !v.is_empty() => q.operation = Some(text("operation", v)?),
+            "tags" | "tag" => {
+                for (key, value) in tags(v)? {
+                    q.tags.push((name("tags", &key)?, text("tags", &value)?));
+                }
+            }
             "minDuration" if !v.is_empty() => {
                 q.min_duration_ns = Some(go_duration_ns(v).ok_or_else(|| {
                     ApiError::bad_param(
@@ -264,6 +325,90 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn names_and_text_refuse_injection_payloads() {
+        for ok in [
+            "riskstream-ingest",
+            "svc.v2",
+            "acc-1",
+            "k8s:pod/x@y",
+            "Zürich",
+        ] {
+            assert_eq!(name("service", ok).unwrap(), ok);
+        }
+        for bad in [
+            "",
+            "x' OR '1'='1",
+            "a;DROP TABLE spans",
+            "a b",
+            "a\u{0}b",
+            &"a".repeat(MAX_NAME_LEN + 1),
+        ] {
+            let e = name("service", bad).unwrap_err();
+            assert!(
+                matches!(&e, ApiError::BadRequest { data, .. } if data["parameter"] == "service"),
+                "{bad}: {e}"
+            );
+        }
+        for ok in [
+            "",
+            "POST /v1/events",
+            "GET /v1/decisions/{event_id}",
+            "http://h/a?b=c&d=e",
+            "200",
+        ] {
+            assert_eq!(text("operation", ok).unwrap(), ok);
+        }
+        for bad in [
+            "x' OR 1=1",
+            "1\" OR \"1",
+            "a; SELECT 1",
+            "a -- comment",
+            "/* c */",
+            "a\\' ",
+            "line\nbreak",
+            "`id`",
+            &"a".repeat(MAX_TEXT_LEN + 1),
+        ] {
+            assert!(text("tags", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn search_parameters_refuse_injection_in_service_operation_and_tags() {
+        let p = |pairs: &[(&str, &str)]| {
+            let v: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            trace_query(&v, 20, 100)
+        };
+        let param = |r: Result<TraceQuery, ApiError>| match r {
+            Err(ApiError::BadRequest { data, .. }) => {
+                data["parameter"].as_str().unwrap().to_string()
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        assert_eq!(param(p(&[("service", "s' OR '1'='1")])), "service");
+        assert_eq!(
+            param(p(&[
+                ("service", "s"),
+                ("operation", "x'; DROP TABLE spans --")
+            ])),
+            "operation"
+        );
+        assert_eq!(
+            param(p(&[("service", "s"), ("tags", r#"{"k') OR 1=1 --":"v"}"#)])),
+            "tags"
+        );
+        assert_eq!(
+            param(p(&[("service", "s"), ("tags", r#"{"k":"v' OR '1'='1"}"#)])),
+            "tags"
+        );
+        assert_eq!(param(p(&[("service", "s"), ("tag", "k:v;SELECT")])), "tags");
+        assert!(p(&[("service", "s"), ("tags", r#"{"http.status_code":"200"}"#)]).is_ok());
     }
 
     #[test]

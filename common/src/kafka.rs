@@ -382,6 +382,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sasl_ssl_settings_pass_through_and_librdkafka_has_tls() {
+        let cfg = KafkaConfig {
+            extra: [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.username", "riskstream"),
+                ("sasl.password", "secret"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..KafkaConfig::default()
+        };
+        for c in [
+            cfg.producer_config(),
+            cfg.consumer_config("g"),
+            cfg.client_config(),
+        ] {
+            assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(c.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        }
+        // librdkafka refuses SASL_SSL at client creation when built without TLS; no broker is
+        // contacted before the first request.
+        let producer: Result<FutureProducer, _> = cfg.producer();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
     fn static_membership_only_when_an_instance_id_is_given() {
         let dynamic = KafkaConfig::default().consumer_config("g");
         assert_eq!(dynamic.get("group.instance.id"), None);

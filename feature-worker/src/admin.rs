@@ -1,5 +1,6 @@
 //! The worker's admin HTTP: live window values of one key, the running rule set, Prometheus
-//! metrics, health.
+//! metrics, health; behind the access guard of `worker.access` ([`AUTH_RULES`]: the admin
+//! routes need the `admin` scope).
 
 use axum::Json;
 use axum::Router;
@@ -7,13 +8,26 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use riskstream_auth::{Access, Guard, Rule, Scope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::app::WorkerState;
 
+/// What each route needs (docs/security.md has the table of every service).
+pub static AUTH_RULES: &[Rule] = &[
+    Rule::new("/v1/features/{entity}/{key}", Access::Scope(Scope::Admin)),
+    Rule::new("/v1/rules", Access::Scope(Scope::Admin)),
+    Rule::new("/healthz", Access::Public),
+    Rule::new("/readyz", Access::Public),
+    Rule::new("/metrics", Access::Metrics),
+];
+
+/// The admin routes behind the guard. A tokens file that cannot be read refuses every
+/// protected route (the riskstream binary checks it before starting the worker).
 pub fn router(state: WorkerState) -> Router {
-    Router::new()
+    let guard = Guard::new_or_closed("worker", &state.config.worker.access, AUTH_RULES);
+    let routes = Router::new()
         .route("/v1/features/{entity}/{key}", get(features))
         .route("/v1/rules", get(rules))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -22,7 +36,14 @@ pub fn router(state: WorkerState) -> Router {
             get(|| async { Json(json!({"status": "ready"})) }),
         )
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route".to_string(),
+            )
+        });
+    guard.protect(routes).with_state(state)
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {

@@ -73,6 +73,11 @@ pub struct WorkerConfig {
     pub join_timeout: Duration,
     /// Keyed mode: most incomplete feature joins held (the oldest are given up beyond it).
     pub join_max_pending: u64,
+    /// Bearer tokens and HTTP limits of the admin listener: the root `[auth]` and `[http]`
+    /// sections, which the riskstream binary copies here (not a key of `[worker]`).
+    /// Default: open.
+    #[serde(skip)]
+    pub access: riskstream_auth::AccessConfig,
 }
 
 impl Default for WorkerConfig {
@@ -94,6 +99,7 @@ impl Default for WorkerConfig {
             watermark_interval: Duration::from_millis(20),
             join_timeout: Duration::from_secs(120),
             join_max_pending: 1_000_000,
+            access: riskstream_auth::AccessConfig::default(),
         }
     }
 }

@@ -169,3 +169,47 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_routes_need_an_admin_token_health_and_metrics_do_not() {
+    use riskstream_auth::Scope;
+    use riskstream_testkit::auth::{GuardedRoute, TestTokens, exercise_guard, send};
+    let topics = Topics::with_suffix(&riskstream_testkit::unique("wa"));
+    let broker = TestKafka::with_topics(1, &topics);
+    let mut config = worker_config(&broker, &topics);
+    let mut tokens = TestTokens::new(&[]);
+    config.worker.access = tokens.access();
+    let max_header_bytes = config.worker.access.http.max_header_bytes;
+    let shutdown = CancellationToken::new();
+    let app = App::build(config, shutdown.clone())
+        .await
+        .expect("worker builds");
+    let admin = app.local_addr();
+    let handle = tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let make = |a: Option<&str>| {
+        let r = http.get(format!("http://{admin}/v1/rules"));
+        riskstream_testkit::auth::authorized(r, a)
+    };
+    let refusals = exercise_guard(
+        &mut tokens,
+        GuardedRoute {
+            make: &make,
+            scope: Scope::Admin,
+            other_scope: Scope::MetricsRead,
+            ok_status: 200,
+            max_header_bytes,
+        },
+    )
+    .await;
+    assert_eq!(refusals.missing.body["code"], "unauthorized");
+    assert_eq!(refusals.forbidden.body["data"]["required_scope"], "admin");
+    let features = send(http.get(format!("http://{admin}/v1/features/card_id/c1"))).await;
+    assert_eq!(features.status, 401);
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let a = send(http.get(format!("http://{admin}{open}"))).await;
+        assert_eq!(a.status, 200, "{open}: {a:?}");
+    }
+    shutdown.cancel();
+    let _ = handle.await;
+}

@@ -44,6 +44,10 @@ pub struct IngestConfig {
     pub recent_decisions_ttl: Duration,
     /// Bound on the recent-decisions cache (bytes of decision JSON).
     pub recent_decisions_max_bytes: u64,
+    /// Bearer tokens and HTTP limits: the root `[auth]` and `[http]` sections, which the
+    /// riskstream binary copies here (not a key of `[ingest]`). Default: open.
+    #[serde(skip)]
+    pub access: riskstream_auth::AccessConfig,
 }
 
 impl Default for IngestConfig {
@@ -63,6 +67,7 @@ impl Default for IngestConfig {
             max_pending_decisions: 100_000,
             recent_decisions_ttl: Duration::from_secs(600),
             recent_decisions_max_bytes: 256 * 1024 * 1024,
+            access: riskstream_auth::AccessConfig::default(),
         }
     }
 }
@@ -92,6 +97,12 @@ impl IngestConfig {
         }
         if self.max_pending_decisions == 0 {
             v.push("ingest.max_pending_decisions must be positive".into());
+        }
+        if self.access.http.request_timeout <= self.max_decision_timeout {
+            v.push(format!(
+                "http.request_timeout ({:?}) must exceed ingest.max_decision_timeout ({:?})",
+                self.access.http.request_timeout, self.max_decision_timeout
+            ));
         }
         v
     }

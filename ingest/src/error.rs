@@ -15,6 +15,8 @@ pub enum IngestError {
     Kafka(KafkaError),
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    #[error("authentication: {0}")]
+    Auth(#[from] riskstream_auth::AuthError),
 }
 
 /// An HTTP error answer.

@@ -40,11 +40,16 @@ pub struct Inner {
     pub draining: AtomicBool,
     /// Request-reply over the decisions topic (`POST /v1/decisions`).
     pub decisions: Arc<decide::DecisionHub>,
+    /// Bearer tokens, scopes, rate and header limits, request timeout ([`routes::AUTH_RULES`]).
+    pub guard: riskstream_auth::Guard,
 }
 
 impl AppState {
-    /// Builds the state: connects the producer (lazily; librdkafka connects in the background).
+    /// Builds the state: connects the producer (lazily; librdkafka connects in the background)
+    /// and loads the tokens file, if one is configured.
     pub fn new(config: Config) -> Result<Self, IngestError> {
+        let guard =
+            riskstream_auth::Guard::new("ingest", &config.ingest.access, routes::AUTH_RULES)?;
         let mut kafka = config.kafka.clone();
         // A record that cannot be delivered within the produce timeout is reported as failed,
         // so the caller gets 503 and nothing is reported as accepted that was not acknowledged.
@@ -66,6 +71,7 @@ impl AppState {
                 metrics: metrics::IngestMetrics::new(),
                 draining: AtomicBool::new(false),
                 decisions: Arc::new(decisions),
+                guard,
             }),
         })
     }

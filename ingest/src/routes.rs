@@ -18,6 +18,7 @@ use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use riskstream_auth::{Access, Rule, Scope};
 use riskstream_common::kafka::{header as kheader, headers, is_retryable};
 use riskstream_common::metrics::HttpLabels;
 use riskstream_common::telemetry::link_span;
@@ -50,6 +51,17 @@ pub struct IngestDoc;
 /// Path of the generated OpenAPI document.
 pub const OPENAPI_ROUTE: &str = "/openapi.json";
 
+/// What each route needs (docs/security.md has the table of every service).
+pub static AUTH_RULES: &[Rule] = &[
+    Rule::new("/v1/events", Access::Scope(Scope::EventsWrite)),
+    Rule::new(crate::decide::DECISIONS_ROUTE, Access::Scope(Scope::Decide)),
+    Rule::new(crate::decide::DECISION_ROUTE, Access::Scope(Scope::Decide)),
+    Rule::new("/healthz", Access::Public),
+    Rule::new("/readyz", Access::Public),
+    Rule::new("/metrics", Access::Metrics),
+    Rule::new(OPENAPI_ROUTE, Access::Public),
+];
+
 /// The ingest router. Tests call it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
     use utoipa::OpenApi as _;
@@ -66,7 +78,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     // Rendered once; every request gets the same bytes.
     let doc = doc.to_json().unwrap_or_default();
-    router
+    let router = router
         .route(
             OPENAPI_ROUTE,
             get(move || {
@@ -74,7 +86,12 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(limit));
+    // Inside the request counter, so refusals are counted by status too.
+    state
+        .inner
+        .guard
+        .protect(router)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

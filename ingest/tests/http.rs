@@ -442,3 +442,87 @@ async fn a_frozen_broker_under_load_gets_503s_and_every_202_is_on_the_topic_once
         assert_eq!(copies.get(*id), Some(&1), "event {id} answered 202");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_scopes_limits_and_reload_guard_every_route() {
+    use riskstream_auth::Scope;
+    use riskstream_testkit::auth::{GuardedRoute, TestTokens, exercise_guard, send};
+    let topics = topics();
+    let broker = TestKafka::with_topics(1, &topics);
+    let mut tokens = TestTokens::new(&[("decider", &[Scope::Decide])]);
+    let access = tokens.access();
+    let max_header_bytes = access.http.max_header_bytes;
+    let app = spawn_app(
+        &broker,
+        &topics,
+        IngestConfig {
+            max_body_bytes: 4096,
+            access,
+            ..IngestConfig::default()
+        },
+    )
+    .await;
+    let body = event("acc-1", 1.0).to_string();
+    let post = |path: &str, authorization: Option<&str>, body: String| {
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        riskstream_testkit::auth::authorized(r, authorization)
+    };
+    let make = |a: Option<&str>| post("/v1/events", a, body.clone());
+    let refusals = exercise_guard(
+        &mut tokens,
+        GuardedRoute {
+            make: &make,
+            scope: Scope::EventsWrite,
+            other_scope: Scope::Decide,
+            ok_status: 202,
+            max_header_bytes,
+        },
+    )
+    .await;
+    // ingest's error shape.
+    assert_eq!(refusals.missing.body["code"], "unauthorized");
+    assert_eq!(refusals.forbidden.body["code"], "forbidden");
+    assert_eq!(
+        refusals.forbidden.body["data"]["required_scope"],
+        "events:write"
+    );
+    assert_eq!(refusals.limited.body["code"], "rate_limited");
+
+    // The synchronous decision needs `decide`, not `events:write`.
+    let writer = tokens.add("writer", &[Scope::EventsWrite]);
+    let writer = format!("Bearer {writer}");
+    let a = riskstream_testkit::auth::until_status(
+        &|a| post("/v1/decisions", a, body.clone()),
+        Some(&writer),
+        403,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(a.body["data"]["required_scope"], "decide");
+
+    // 413 over max_body_bytes, with a valid token.
+    let big = send(post("/v1/events", Some(&writer), "x".repeat(5000))).await;
+    assert_eq!(big.status, 413, "{big:?}");
+
+    // Health and metrics stay open; refusals are counted by status.
+    assert_eq!(send(app.http.get(app.url("/healthz"))).await.status, 200);
+    assert_ne!(send(app.http.get(app.url("/readyz"))).await.status, 401);
+    assert_eq!(
+        send(app.http.get(app.url("/openapi.json"))).await.status,
+        200
+    );
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("status=\"401\""), "{metrics}");
+    assert!(metrics.contains("status=\"403\""), "{metrics}");
+    // An unknown route reveals nothing to a stranger, and is a 404 for a caller.
+    let nowhere = || app.http.get(app.url("/v1/nowhere"));
+    assert_eq!(send(nowhere()).await.status, 401);
+    let known = send(nowhere().header("authorization", tokens.bearer("decider"))).await;
+    assert_eq!(known.status, 404);
+    app.shutdown.cancel();
+    let _ = app.handle.await;
+}

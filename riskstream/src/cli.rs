@@ -41,6 +41,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Provision the pipeline's topics on a Kafka cluster (admin API, idempotent).
     Topics(crate::topics_cmd::TopicsArgs),
+    /// Manage the bearer tokens of a tokens file (`[auth] tokens_file`): add, list, revoke.
+    Auth(crate::auth_cmd::AuthArgs),
     /// Parse `riskstream ARGS...` with this binary's parser, print what it parsed, run nothing
     /// (CI checks the compose file's commands with it: scripts/check-compose).
     #[command(hide = true)]
@@ -147,26 +149,53 @@ pub struct RootConfig {
     pub clickhouse: riskstream_store::ClickHouseConfig,
     pub collector: riskstream_trace_collector::CollectorSection,
     pub api: riskstream_api::ApiSection,
+    /// Bearer tokens of every listener (copied into each service's section at load).
+    pub auth: riskstream_auth::AuthConfig,
+    /// Limits of every HTTP listener (copied likewise).
+    pub http: riskstream_auth::HttpConfig,
+}
+
+impl RootConfig {
+    /// The `[auth]` and `[http]` sections as each service's listener applies them.
+    pub fn access(&self) -> riskstream_auth::AccessConfig {
+        riskstream_auth::AccessConfig {
+            auth: self.auth.clone(),
+            http: self.http.clone(),
+            open_by_choice: false,
+        }
+    }
+
+    /// Copies `[auth]` and `[http]` into every service's section (see [`RootConfig::access`]).
+    pub fn with_access(mut self) -> Self {
+        let access = self.access();
+        self.ingest.access = access.clone();
+        self.worker.access = access.clone();
+        self.collector.access = access.clone();
+        self.api.access = access;
+        self
+    }
 }
 
 impl config::Validate for RootConfig {
     fn validate(&self) -> Vec<String> {
-        let mut v = self.telemetry.validate();
-        v.extend(self.ingest.problems());
-        v.extend(self.worker.problems());
+        let s = self.clone().with_access();
+        let mut v = s.telemetry.validate();
+        v.extend(s.access().problems());
+        v.extend(s.ingest.problems());
+        v.extend(s.worker.problems());
         // The collector's and the api's own checks, on the sections they read.
         v.extend(
             riskstream_trace_collector::Config {
-                kafka: self.kafka.clone(),
-                clickhouse: self.clickhouse.clone(),
-                collector: self.collector.clone(),
+                kafka: s.kafka.clone(),
+                clickhouse: s.clickhouse.clone(),
+                collector: s.collector.clone(),
             }
             .validate(),
         );
         v.extend(
             riskstream_api::Config {
-                clickhouse: self.clickhouse.clone(),
-                api: self.api.clone(),
+                clickhouse: s.clickhouse.clone(),
+                api: s.api.clone(),
             }
             .validate()
             .into_iter()
@@ -174,6 +203,25 @@ impl config::Validate for RootConfig {
         );
         v
     }
+}
+
+/// What `riskstream config` prints instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// The configuration with its secrets replaced by [`REDACTED`]: the ClickHouse password and
+/// every librdkafka property whose name says password or secret (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...). Empty values stay empty.
+pub fn redacted(mut cfg: RootConfig) -> RootConfig {
+    if !cfg.clickhouse.password.is_empty() {
+        cfg.clickhouse.password = REDACTED.into();
+    }
+    for (k, v) in cfg.kafka.extra.iter_mut() {
+        let k = k.to_ascii_lowercase();
+        if (k.contains("password") || k.contains("secret")) && !v.is_empty() {
+            *v = REDACTED.into();
+        }
+    }
+    cfg
 }
 
 /// Why a command failed: bad usage/config (exit 2) or at run time (exit 1).
@@ -214,7 +262,7 @@ pub fn load_config_with(
         overrides.push((key, Value::from(l.clone())));
     }
     let cfg: RootConfig = config::load(args.config.as_deref(), &overrides)?;
-    Ok(cfg)
+    Ok(cfg.with_access())
 }
 
 /// Starts logging and span export for one service; keep the guard alive while it runs.
@@ -242,13 +290,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(a) => crate::bench::run(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Topics(a) => crate::topics_cmd::run(a).await,
+        Command::Auth(a) => crate::auth_cmd::run(a),
         Command::CheckArgs(a) => {
             let parsed = check_args(&a.args)?;
             println!("{parsed:?}");
             Ok(())
         }
         Command::Config(a) => {
-            let cfg = load_config(&a, None)?;
+            let cfg = redacted(load_config(&a, None)?);
             let text = toml::to_string_pretty(&cfg).map_err(|e| Failure::Runtime(e.into()))?;
             print!("{text}");
             Ok(())

@@ -2,6 +2,7 @@
 //! compose service. Exit codes: 0 success, 2 bad usage or configuration (every error printed),
 //! 1 runtime failure.
 
+mod auth_cmd;
 mod bench;
 mod bench_decide;
 mod bench_worker;

@@ -5,12 +5,23 @@ use anyhow::Context;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 
 use crate::cli::{
-    ClickHouseArgs, CollectorArgs, Failure, ServiceArgs, WorkerArgs, load_config, load_config_with,
-    telemetry,
+    ClickHouseArgs, CollectorArgs, Failure, RootConfig, ServiceArgs, WorkerArgs, load_config,
+    load_config_with, telemetry,
 };
 use riskstream_common::config::Value;
 use riskstream_common::kafka::KafkaConfig;
 use riskstream_common::topics::{Requirement, TopicError, check_topics};
+
+/// Fails start-up (exit 2) when `[auth] tokens_file` is set but cannot be read or parsed: a
+/// service never starts open by mistake, nor closed without saying why.
+fn require_tokens_file(cfg: &RootConfig) -> Result<(), Failure> {
+    if !cfg.auth.enabled() {
+        return Ok(());
+    }
+    riskstream_auth::TokenFile::load(&cfg.auth.tokens_file)
+        .map(|_| ())
+        .map_err(|e| Failure::Usage(vec![format!("auth.tokens_file: {e}")]))
+}
 
 /// How long the start-up topic check waits for the cluster's metadata.
 const TOPIC_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -36,6 +47,7 @@ async fn require_topics(kafka: &KafkaConfig, topics: &[&str]) -> Result<(), Fail
 pub async fn ingest(args: ServiceArgs) -> Result<(), Failure> {
     let cfg = load_config(&args, Some("ingest.listen"))?;
     let _telemetry = telemetry(&cfg, "riskstream-ingest");
+    require_tokens_file(&cfg)?;
     let t = &cfg.kafka.topics;
     require_topics(&cfg.kafka, &[&t.events, &t.decisions, &t.otlp_spans]).await?;
     let shutdown = CancellationToken::new();
@@ -57,6 +69,7 @@ pub async fn ingest(args: ServiceArgs) -> Result<(), Failure> {
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let mut cfg = load_config(&args.service, Some("worker.listen"))?;
     let _telemetry = telemetry(&cfg, "riskstream-worker");
+    require_tokens_file(&cfg)?;
     if let Some(p) = args.features {
         cfg.worker.features_path = p;
     }
@@ -117,6 +130,7 @@ pub async fn collector(args: CollectorArgs) -> Result<(), Failure> {
     let cfg = load_config_with(&args.ch.service, Some("collector.listen"), extra)?;
     // The collector does not trace its own writes: logging only.
     let _telemetry = crate::cli::logging_only(&cfg);
+    require_tokens_file(&cfg)?;
     let t = &cfg.kafka.topics;
     let mut needed = vec![t.spans_dlq.as_str()];
     if cfg.collector.kafka_spans {
@@ -152,6 +166,7 @@ pub async fn api(args: ClickHouseArgs) -> Result<(), Failure> {
     let extra = clickhouse_overrides(&args);
     let cfg = load_config_with(&args.service, Some("api.listen"), extra)?;
     let _telemetry = telemetry(&cfg, "riskstream-api");
+    require_tokens_file(&cfg)?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let app = riskstream_api::App::build(

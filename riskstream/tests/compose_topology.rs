@@ -7,6 +7,9 @@
 //! ingest, the worker and the decision. Every metric the Grafana dashboard
 //! (deploy/grafana/dashboards/pipeline.json) queries is in some service's `/metrics`. The
 //! compose file's traffic generator (`produce`) is not run: the test sends its own traffic.
+//! Authentication is on as in compose (deploy/auth/tokens.toml): requests carry the documented
+//! demo tokens, the api is read with the token Grafana's data source sends, and a request
+//! without a token is refused.
 
 mod support;
 
@@ -28,6 +31,29 @@ const RUN: [&str; 5] = ["topics", "ingest", "worker", "collector", "api"];
 const SKIP: [&str; 1] = ["produce"];
 /// The commands whose `--listen` serves `GET /metrics` (Prometheus scrapes them).
 const SERVES_METRICS: [&str; 4] = ["ingest", "worker", "collector", "api"];
+/// The compose stack's public demo tokens (docs/security.md, deploy/auth/tokens.toml).
+const DEMO_CLIENT: &str = "Bearer rst_demo-client-public-not-a-secret-do-not-use-in-production";
+const DEMO_OTLP: &str = "Bearer rst_demo-otlp-public-not-a-secret-do-not-use-in-production";
+
+/// The `Authorization` value Grafana's Jaeger data source sends to the api.
+fn grafana_authorization() -> String {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/datasources.yml")).unwrap();
+    let doc: Yaml = serde_yaml_ng::from_str(&text).unwrap();
+    let jaeger = doc["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"].as_str() == Some("jaeger"))
+        .expect("a jaeger data source");
+    assert_eq!(
+        jaeger["jsonData"]["httpHeaderName1"].as_str(),
+        Some("Authorization")
+    );
+    jaeger["secureJsonData"]["httpHeaderValue1"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
 
 /// One riskstream service of the compose file.
 #[derive(Debug)]
@@ -404,6 +430,30 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     let ingest = &listen_of["ingest"];
     let api = &listen_of["api"];
     let http = reqwest::Client::new();
+    // The api as Grafana reads it.
+    let grafana = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                grafana_authorization().parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let stranger = http
+        .post(format!("http://{ingest}/v1/events"))
+        .header("content-type", "application/x-ndjson")
+        .body(String::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stranger.status().as_u16(),
+        401,
+        "compose ships with auth on"
+    );
 
     // Generated traffic (fraud patterns included) through the HTTP front door.
     let events: Vec<String> = Generator::new(GeneratorConfig {
@@ -419,6 +469,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     for (i, chunk) in events.chunks(BATCH).enumerate() {
         let mut req = http
             .post(format!("http://{ingest}/v1/events"))
+            .header("authorization", DEMO_CLIENT)
             .header("content-type", "application/x-ndjson")
             .body(chunk.join("\n"));
         if i == 0 {
@@ -470,7 +521,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
     }
 
     // The first batch's trace: ingest, the worker and the decision, from the api.
-    support::wait_for_pipeline_trace(&http, api, trace_id, Duration::from_secs(60)).await;
+    support::wait_for_pipeline_trace(&grafana, api, trace_id, Duration::from_secs(60)).await;
 
     // A span the collector cannot store (an all-zero trace id): rejected and dead-lettered,
     // as the dashboard's DLQ panels count. The collector prints a labelled family only
@@ -481,6 +532,7 @@ async fn the_compose_topology_as_processes_decides_every_event_exactly_once_with
       "name":"bad","kind":1,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000"}]}]}]}"#;
     let r = http
         .post(format!("http://{collector}/v1/traces"))
+        .header("authorization", DEMO_OTLP)
         .header("content-type", "application/json")
         .body(bad_span)
         .send()

@@ -1,6 +1,8 @@
 //! Test support shared by the crates' integration tests: a real Kafka-protocol broker
-//! (librdkafka's mock cluster) and a real ClickHouse server, started on free ports.
+//! (librdkafka's mock cluster) and a real ClickHouse server, started on free ports, and
+//! tokens files for the auth tests.
 
+pub mod auth;
 pub mod clickhouse;
 pub mod kafka;
 

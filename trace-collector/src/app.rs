@@ -39,6 +39,8 @@ pub enum CollectorError {
     Kafka(#[from] KafkaReceiverError),
     #[error("server failed: {0}")]
     Serve(String),
+    #[error("authentication: {0}")]
+    Auth(#[from] riskstream_auth::AuthError),
 }
 
 /// A built collector, listening, not yet serving.
@@ -155,6 +157,8 @@ impl App {
         } else {
             Some(bind(&c.otlp_grpc_listen).await?)
         };
+        let guard = riskstream_auth::Guard::new("collector", &c.access, otlp::AUTH_RULES)?
+            .with_renderer(otlp::render_denial);
         let state = OtlpState {
             sink: spans_sink,
             dead_letters,
@@ -162,6 +166,7 @@ impl App {
             request_timeout: c.request_timeout,
             retry_after: c.retry_after,
             store,
+            guard,
         };
         Ok(App {
             config,
@@ -230,9 +235,20 @@ impl App {
                 GrpcTraceService { state: state.clone() },
             )
             .max_decoding_message_size(config.collector.max_request_bytes);
+            let service = tonic::service::interceptor::InterceptedService::new(
+                service,
+                riskstream_auth::grpc::GrpcGuard::new(state.guard.clone(), otlp::GRPC_EXPORT_ROUTE),
+            );
+            let http = &config.collector.access.http;
+            let server = tonic::transport::Server::builder()
+                .timeout(http.request_timeout)
+                .http2_max_header_list_size(
+                    u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX),
+                );
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                tonic::transport::Server::builder()
+                let mut server = server;
+                server
                     .add_service(service)
                     .serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(listener),

@@ -52,6 +52,11 @@ pub struct CollectorSection {
     /// partition drops otherwise). `0s` keeps everything.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Bearer tokens and HTTP limits of both OTLP listeners: the root `[auth]` and `[http]`
+    /// sections, which the riskstream binary copies here (not a key of `[collector]`).
+    /// Default: open.
+    #[serde(skip)]
+    pub access: riskstream_auth::AccessConfig,
 }
 
 impl Default for CollectorSection {
@@ -72,6 +77,7 @@ impl Default for CollectorSection {
             retry_after: Duration::from_secs(1),
             max_request_bytes: 16 * 1024 * 1024,
             retention: Duration::ZERO,
+            access: riskstream_auth::AccessConfig::default(),
         }
     }
 }
@@ -134,6 +140,12 @@ impl Validate for Config {
         }
         if c.group_id.trim().is_empty() {
             v.push("collector.group_id must not be empty".into());
+        }
+        if c.request_timeout >= c.access.http.request_timeout {
+            v.push(format!(
+                "collector.request_timeout ({:?}) must be below http.request_timeout ({:?})",
+                c.request_timeout, c.access.http.request_timeout
+            ));
         }
         v
     }

@@ -22,6 +22,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message as _;
 
+use riskstream_auth::http::RequestView;
+use riskstream_auth::{Access, Denial, Guard, Rule, Scope};
+
 use crate::convert::{self, reason};
 use crate::kafka::DeadLetters;
 use crate::metrics::{Metrics, receiver};
@@ -88,6 +91,39 @@ pub struct OtlpState {
     pub request_timeout: Duration,
     pub retry_after: Duration,
     pub store: std::sync::Arc<dyn riskstream_store::TraceStore>,
+    /// Bearer tokens, scopes, rate and header limits, request timeout of both receivers
+    /// ([`AUTH_RULES`]).
+    pub guard: Guard,
+}
+
+/// The gRPC method of OTLP trace export, as the guard's rules name it.
+pub const GRPC_EXPORT_ROUTE: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// What each route needs (docs/security.md has the table of every service).
+pub static AUTH_RULES: &[Rule] = &[
+    Rule::new(TRACES_PATH, Access::Scope(Scope::TracesWrite)),
+    Rule::new(GRPC_EXPORT_ROUTE, Access::Scope(Scope::TracesWrite)),
+    Rule::new("/healthz", Access::Public),
+    Rule::new("/readyz", Access::Public),
+    Rule::new("/metrics", Access::Metrics),
+];
+
+/// Refusals of the access guard: on `POST /v1/traces` a `google.rpc.Status` in the request's
+/// encoding (what OTLP/HTTP clients read), with the gRPC code of the same refusal; the JSON
+/// error elsewhere. `WWW-Authenticate` / `Retry-After` either way.
+pub fn render_denial(denial: &Denial, request: &RequestView) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Some(ct) = &request.content_type {
+        headers.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    match encoding_of(&headers).filter(|_| request.path == TRACES_PATH) {
+        Some(encoding) => {
+            let code = riskstream_auth::grpc::status_of(denial).code() as i32;
+            let response = status_response(encoding, denial.status(), code, denial.to_string());
+            riskstream_auth::http::with_headers(denial, response)
+        }
+        None => riskstream_auth::http::json_error(denial, request),
+    }
 }
 
 impl OtlpState {
@@ -156,16 +192,16 @@ impl OtlpState {
     }
 }
 
-/// The collector's HTTP routes.
+/// The collector's HTTP routes, behind the state's guard.
 pub fn router(state: OtlpState, max_request_bytes: usize) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(TRACES_PATH, post(post_traces))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(max_request_bytes))
-        .layer(tower_http::decompression::RequestDecompressionLayer::new())
-        .with_state(state)
+        .layer(tower_http::decompression::RequestDecompressionLayer::new());
+    state.guard.clone().protect(routes).with_state(state)
 }
 
 async fn metrics(State(state): State<OtlpState>) -> Response {

@@ -822,3 +822,85 @@ async fn the_bench_stores_every_generated_span_and_measures_lookups() {
     assert!(report.collector_spans_per_second > 0.0 && report.baseline_spans_per_second > 0.0);
     assert!(report.lookup_p50_ms <= report.lookup_p99_ms);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_guard_both_otlp_receivers() {
+    use riskstream_auth::Scope;
+    use riskstream_testkit::auth::{GuardedRoute, TestTokens, exercise_guard, send};
+    let mut tokens = TestTokens::new(&[("reader", &[Scope::TracesRead])]);
+    let access = tokens.access();
+    let max_header_bytes = access.http.max_header_bytes;
+    let h = Harness::start_with(server().url(), |c| {
+        c.collector.access = access;
+        c.collector.max_request_bytes = 4096;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let body = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"auth-svc"}}]},
+      "scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+      "name":"op","kind":1,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000"}]}]}]}"#;
+    let post = |authorization: Option<&str>, body: String| {
+        let r = http
+            .post(h.url("/v1/traces"))
+            .header("content-type", "application/json")
+            .body(body);
+        riskstream_testkit::auth::authorized(r, authorization)
+    };
+    let make = |a: Option<&str>| post(a, body.to_string());
+    let refusals = exercise_guard(
+        &mut tokens,
+        GuardedRoute {
+            make: &make,
+            scope: Scope::TracesWrite,
+            other_scope: Scope::TracesRead,
+            ok_status: 200,
+            max_header_bytes,
+        },
+    )
+    .await;
+    // OTLP/HTTP's error body: a google.rpc.Status with the gRPC code (JSON here).
+    assert_eq!(refusals.missing.body["code"], 16, "{:?}", refusals.missing);
+    assert_eq!(refusals.forbidden.body["code"], 7);
+    assert_eq!(refusals.limited.body["code"], 8);
+    let writer = tokens.add("writer", &[Scope::TracesWrite]);
+    let writer = format!("Bearer {writer}");
+    riskstream_testkit::auth::until_status(&make, Some(&writer), 200, Duration::from_secs(30))
+        .await;
+    let big = send(post(Some(&writer), format!("{body}{}", " ".repeat(5000)))).await;
+    assert_eq!(big.status, 413, "{big:?}");
+    assert_eq!(send(http.get(h.url("/healthz"))).await.status, 200);
+    assert_eq!(send(http.get(h.url("/metrics"))).await.status, 200);
+
+    // gRPC: the same tokens through the interceptor.
+    let grpc = h.grpc.expect("grpc enabled");
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let export = |authorization: Option<String>| {
+        let mut r = tonic::Request::new(request(
+            "grpc-auth",
+            vec![span(0x99990000000000000000000000000001, 1, 0, "a", 0, 10)],
+        ));
+        if let Some(a) = authorization {
+            r.metadata_mut()
+                .insert("authorization", a.parse().expect("metadata"));
+        }
+        r
+    };
+    let code = |r: Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>| {
+        r.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code())
+    };
+    assert_eq!(
+        code(client.export(export(None)).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(client.export(export(Some(tokens.bearer("reader")))).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(client.export(export(Some(writer.clone()))).await),
+        tonic::Code::Ok
+    );
+    h.shutdown().await;
+}

@@ -76,6 +76,24 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     if let Some(url) = &args.clickhouse_url {
         cfg.clickhouse.url = url.clone();
     }
+    // A local demo runs open unless a tokens file is configured: said once below, not as a
+    // warning from each service.
+    for access in [
+        &mut cfg.ingest.access,
+        &mut cfg.worker.access,
+        &mut cfg.collector.access,
+        &mut cfg.api.access,
+    ] {
+        access.open_by_choice = true;
+    }
+    let auth_line = if cfg.ingest.access.auth.enabled() {
+        format!(
+            "auth: bearer tokens from {}",
+            cfg.ingest.access.auth.tokens_file.display()
+        )
+    } else {
+        "auth: off (a local demo; docs/security.md turns it on)".to_string()
+    };
     let log_path = args
         .log_file
         .clone()
@@ -181,6 +199,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     println!("api={api_addr}");
     println!("worker_admin={worker_addr}");
     println!("collector={collector_addr}");
+    println!("{auth_line}");
     println!(
         "\nriskstream demo: ingest http://{ingest_addr}, api and pages http://{api_addr}/ui/, \
          worker admin http://{worker_addr}, OTLP/HTTP http://{collector_addr}/v1/traces, \

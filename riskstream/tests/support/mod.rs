@@ -68,10 +68,20 @@ pub fn command(args: &[&str], env: &[(String, String)]) -> Command {
 /// Starts `riskstream <args>` in the repo root with `env`, waits for `<key>=VALUE` on stdout
 /// and returns VALUE; stdout is drained afterwards so the child never blocks on it.
 pub fn spawn(args: &[&str], env: &[(String, String)], key: &str) -> (Proc, String) {
+    spawn_with_stderr(args, env, key, Stdio::inherit())
+}
+
+/// [`spawn`] with the child's stderr (its logs) going to `stderr`, e.g. a file to read later.
+pub fn spawn_with_stderr(
+    args: &[&str],
+    env: &[(String, String)],
+    key: &str,
+    stderr: Stdio,
+) -> (Proc, String) {
     let mut child = command(args, env)
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn riskstream");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
