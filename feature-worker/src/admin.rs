@@ -1,5 +1,5 @@
 //! The worker's admin HTTP: live window values of one key, the running rule set, Prometheus
-//! metrics, health.
+//! metrics, health (read from the shared [`WorkerState`]).
 
 use axum::Json;
 use axum::Router;
@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::app::WorkerState;
+use crate::worker::WorkerState;
 
 pub fn router(state: WorkerState) -> Router {
     Router::new()
