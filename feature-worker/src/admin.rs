@@ -1,6 +1,6 @@
 //! The worker's admin HTTP: live window values of one key, the running rule set, Prometheus
-//! metrics, health; behind the access guard of `worker.access` ([`AUTH_RULES`]: the admin
-//! routes need the `admin` scope).
+//! metrics, health (read from the shared [`WorkerState`]); behind the access guard of
+//! `worker.access` ([`AUTH_RULES`]: the admin routes need the `admin` scope).
 
 use axum::Json;
 use axum::Router;
@@ -12,7 +12,7 @@ use riskstream_auth::{Access, Guard, Rule, Scope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::app::WorkerState;
+use crate::worker::WorkerState;
 
 /// What each route needs (docs/security.md has the table of every service).
 pub static AUTH_RULES: &[Rule] = &[

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::StateConfig;
 use crate::scoring::ScoringConfig;
+use crate::stream::ClockConfig;
 
 /// Where the shipped feature definitions live.
 pub const DEFAULT_FEATURES_PATH: &str = "config/features.toml";
@@ -105,6 +106,17 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The event-time clock settings (watermark, lateness, reorder wait) of every stage.
+    pub fn clock(&self) -> ClockConfig {
+        ClockConfig {
+            out_of_orderness_ms: i64::try_from(self.out_of_orderness.as_millis())
+                .unwrap_or(i64::MAX),
+            allowed_lateness_ms: i64::try_from(self.state.allowed_lateness.as_millis())
+                .unwrap_or(i64::MAX),
+            reorder_wait: self.reorder_wait,
+        }
+    }
+
     pub fn problems(&self) -> Vec<String> {
         let mut v = Vec::new();
         if self.max_in_flight == 0 {

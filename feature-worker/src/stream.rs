@@ -43,14 +43,65 @@ impl Lateness {
     }
 }
 
+/// The watermark of one source partition and the late rule: `W = max event time seen -
+/// out_of_orderness`; an event's lateness is `max(0, W - t)` with `W` as it was before the
+/// event, too late beyond `allowed_lateness_ms`. The local clock below and the keyed router
+/// both apply it.
+#[derive(Debug, Clone, Copy)]
+pub struct Watermark {
+    out_of_orderness_ms: i64,
+    allowed_lateness_ms: i64,
+    max_event_time_ms: Option<i64>,
+}
+
+impl Watermark {
+    pub fn new(out_of_orderness_ms: i64, allowed_lateness_ms: i64) -> Self {
+        Self {
+            out_of_orderness_ms,
+            allowed_lateness_ms,
+            max_event_time_ms: None,
+        }
+    }
+
+    pub fn of(cfg: &ClockConfig) -> Self {
+        Self::new(cfg.out_of_orderness_ms, cfg.allowed_lateness_ms)
+    }
+
+    /// `max event time - out_of_orderness` (`i64::MIN` before the first event).
+    pub fn watermark_ms(&self) -> i64 {
+        self.max_event_time_ms
+            .map_or(i64::MIN, |m| m.saturating_sub(self.out_of_orderness_ms))
+    }
+
+    /// How late `event_time_ms` is against the current watermark.
+    pub fn lateness_of(&self, event_time_ms: i64) -> Lateness {
+        let lateness_ms = self.watermark_ms().saturating_sub(event_time_ms).max(0);
+        Lateness {
+            lateness_ms,
+            too_late: lateness_ms > self.allowed_lateness_ms,
+        }
+    }
+
+    /// Admits an event: its lateness against the watermark before it; then the watermark may
+    /// advance.
+    pub fn admit(&mut self, event_time_ms: i64) -> Lateness {
+        let lateness = self.lateness_of(event_time_ms);
+        self.max_event_time_ms = Some(
+            self.max_event_time_ms
+                .map_or(event_time_ms, |m| m.max(event_time_ms)),
+        );
+        lateness
+    }
+}
+
 /// Sort key of a waiting event: event time, event id, arrival sequence (duplicates kept).
 type Slot = (i64, Uuid, u64);
 
 /// The event-time clock and reorder wait of one source partition.
 #[derive(Debug)]
 pub struct PartitionClock<T> {
-    cfg: ClockConfig,
-    max_event_time_ms: Option<i64>,
+    reorder_wait: Duration,
+    watermark: Watermark,
     seq: u64,
     waiting: BTreeMap<Slot, (T, Lateness)>,
     /// Arrival time and slot of every waiting event, in arrival order.
@@ -60,8 +111,8 @@ pub struct PartitionClock<T> {
 impl<T> PartitionClock<T> {
     pub fn new(cfg: ClockConfig) -> Self {
         Self {
-            cfg,
-            max_event_time_ms: None,
+            reorder_wait: cfg.reorder_wait,
+            watermark: Watermark::of(&cfg),
             seq: 0,
             waiting: BTreeMap::new(),
             arrivals: VecDeque::new(),
@@ -70,27 +121,18 @@ impl<T> PartitionClock<T> {
 
     /// The partition's watermark (`i64::MIN` before its first event).
     pub fn watermark_ms(&self) -> i64 {
-        self.max_event_time_ms
-            .map_or(i64::MIN, |m| m.saturating_sub(self.cfg.out_of_orderness_ms))
+        self.watermark.watermark_ms()
     }
 
     /// How late `t` is against the current watermark.
     pub fn lateness_of(&self, event_time_ms: i64) -> Lateness {
-        let lateness_ms = self.watermark_ms().saturating_sub(event_time_ms).max(0);
-        Lateness {
-            lateness_ms,
-            too_late: lateness_ms > self.cfg.allowed_lateness_ms,
-        }
+        self.watermark.lateness_of(event_time_ms)
     }
 
     /// Admits one event: its lateness (against the watermark before it), then the watermark
     /// advances. The event waits until [`PartitionClock::release`] hands it out.
     pub fn admit(&mut self, event_time_ms: i64, event_id: Uuid, item: T, now: Instant) -> Lateness {
-        let lateness = self.lateness_of(event_time_ms);
-        self.max_event_time_ms = Some(
-            self.max_event_time_ms
-                .map_or(event_time_ms, |m| m.max(event_time_ms)),
-        );
+        let lateness = self.watermark.admit(event_time_ms);
         self.seq += 1;
         let slot = (event_time_ms, event_id, self.seq);
         self.waiting.insert(slot, (item, lateness));
@@ -108,7 +150,7 @@ impl<T> PartitionClock<T> {
                 self.arrivals.pop_front();
                 continue;
             }
-            if now.saturating_duration_since(at) < self.cfg.reorder_wait {
+            if now.saturating_duration_since(at) < self.reorder_wait {
                 break;
             }
             self.arrivals.pop_front();
@@ -136,9 +178,7 @@ impl<T> PartitionClock<T> {
     /// When the oldest waiting event's wait ends (perhaps earlier: an event released early
     /// still has its entry until the next release).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.arrivals
-            .front()
-            .map(|(at, _)| *at + self.cfg.reorder_wait)
+        self.arrivals.front().map(|(at, _)| *at + self.reorder_wait)
     }
 
     pub fn buffered(&self) -> usize {
@@ -253,6 +293,22 @@ mod tests {
         let out = c.release(now);
         assert_eq!(out.len(), 5);
         assert_eq!(out[0].1.lateness_ms, 100);
+    }
+
+    #[test]
+    fn the_bare_watermark_measures_lateness_against_the_watermark_before_the_event() {
+        let mut c = Watermark::new(100, 50);
+        assert_eq!(c.watermark_ms(), i64::MIN);
+        assert_eq!(c.admit(10_000).lateness_ms, 0);
+        assert_eq!(c.watermark_ms(), 9_900);
+        let l = c.admit(9_850);
+        assert_eq!((l.lateness_ms, l.late(), l.too_late), (50, true, false));
+        let l = c.admit(9_849);
+        assert_eq!((l.lateness_ms, l.too_late), (51, true));
+        // A late event does not move the watermark; a newer one does.
+        assert_eq!(c.watermark_ms(), 9_900);
+        assert_eq!(c.admit(10_500).lateness_ms, 0);
+        assert_eq!(c.watermark_ms(), 10_400);
     }
 
     #[test]

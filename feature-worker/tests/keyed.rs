@@ -24,24 +24,19 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
-use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Decision, Event, FeatureValue};
 use riskstream_feature_worker::features::{Feature, FeatureSet};
-use riskstream_feature_worker::{App, Config, WorkerConfig, WorkerMode};
+use riskstream_feature_worker::{Config, WorkerMode};
 use riskstream_testkit::kafka::TestKafka;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 mod support;
 
 use support::reference::{Reference, close};
+use support::worker::{TestWorker, repo};
 
 const PARTITIONS: i32 = 6;
 const OUT_OF_ORDERNESS_MS: i64 = 200;
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
-}
 
 /// The shipped feature definitions with every entity prefixed by `account_id` (same names,
 /// windows and filters), written to a temporary file.
@@ -65,27 +60,19 @@ fn account_partitioned_features() -> PathBuf {
 }
 
 fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
-    let mut worker = WorkerConfig {
-        listen: "127.0.0.1:0".into(),
-        group_id: riskstream_testkit::unique("keyed"),
-        features_path: account_partitioned_features(),
-        out_of_orderness: Duration::from_millis(OUT_OF_ORDERNESS_MS as u64),
-        // Longer than any gap in the test's production, so no source goes idle mid-stream.
-        idle_timeout: Duration::from_millis(3000),
-        // Decide on arrival: every entity's processing order is its partition's order, which
-        // the reference reproduces (a reorder wait would make it depend on wall-clock timing).
-        reorder_wait: Duration::ZERO,
-        shutdown_timeout: Duration::from_secs(10),
-        mode: WorkerMode::Keyed,
-        ..WorkerConfig::default()
-    };
-    worker.scoring.rules_path = repo("config/rules.toml");
-    worker.scoring.models_dir = repo("config/models");
-    worker.scoring.lists_path = Some(repo("config/lists/lists.csv"));
-    Config {
-        kafka: broker.kafka_config(topics),
-        worker,
-    }
+    let mut config = support::worker::config(broker, topics);
+    let w = &mut config.worker;
+    w.group_id = riskstream_testkit::unique("keyed");
+    w.features_path = account_partitioned_features();
+    w.out_of_orderness = Duration::from_millis(OUT_OF_ORDERNESS_MS as u64);
+    // Longer than any gap in the test's production, so no source goes idle mid-stream.
+    w.idle_timeout = Duration::from_millis(3000);
+    // Decide on arrival: every entity's processing order is its partition's order, which
+    // the reference reproduces (a reorder wait would make it depend on wall-clock timing).
+    w.reorder_wait = Duration::ZERO;
+    w.shutdown_timeout = Duration::from_secs(10);
+    w.mode = WorkerMode::Keyed;
+    config
 }
 
 /// Generated traffic with fraud patterns (about 0.3 events per second of event time, so an
@@ -161,17 +148,6 @@ async fn produce_to(producer: &FutureProducer, topic: &str, events: &[Event], pa
 
 async fn produce(producer: &FutureProducer, topic: &str, events: &[Event]) {
     produce_to(producer, topic, events, PARTITIONS).await;
-}
-
-async fn start_worker(config: &Config) -> (CancellationToken, JoinHandle<()>) {
-    let shutdown = CancellationToken::new();
-    let app = App::build(config.clone(), shutdown.clone())
-        .await
-        .expect("worker builds");
-    let handle = tokio::spawn(async move {
-        app.run_until_stopped().await.expect("worker runs");
-    });
-    (shutdown, handle)
 }
 
 /// Reads decisions until every event id of `want` has one or `timeout` passed; checks that
@@ -317,7 +293,7 @@ async fn three_workers_with_a_rebalance_give_the_reference_values_for_every_even
 
     let mut workers = Vec::new();
     for _ in 0..3 {
-        workers.push(start_worker(&config).await);
+        workers.push(TestWorker::spawn(config.clone()).await);
     }
     let mut reader = DecisionReader::new(&config.kafka, &topics.decisions);
     reader.read_until(400, Duration::from_secs(90)).await;
@@ -328,13 +304,8 @@ async fn three_workers_with_a_rebalance_give_the_reference_values_for_every_even
     );
 
     // One worker leaves, a new one joins: every stage rebalances and restores.
-    let (stop, handle) = workers.remove(0);
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), handle)
-        .await
-        .expect("worker drains in time")
-        .expect("worker task");
-    workers.push(start_worker(&config).await);
+    workers.remove(0).stop().await;
+    workers.push(TestWorker::spawn(config.clone()).await);
 
     feeder.await.expect("feeder");
     reader.read_until(n, Duration::from_secs(120)).await;
@@ -344,14 +315,8 @@ async fn three_workers_with_a_rebalance_give_the_reference_values_for_every_even
     let ids: std::collections::HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
     assert!(reader.decisions.keys().all(|id| ids.contains(id)));
 
-    for (stop, _) in &workers {
-        stop.cancel();
-    }
-    for (_, handle) in workers {
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker drains in time")
-            .expect("worker task");
+    for w in workers {
+        w.stop().await;
     }
 }
 
@@ -364,17 +329,13 @@ async fn one_keyed_worker_gives_the_reference_values() {
     let events = events(n, 5);
     let producer: FutureProducer = config.kafka.producer().unwrap();
     produce(&producer, &topics.events, &events).await;
-    let (stop, handle) = start_worker(&config).await;
+    let worker = TestWorker::spawn(config.clone()).await;
     let mut reader = DecisionReader::new(&config.kafka, &topics.decisions);
     reader.read_until(n, Duration::from_secs(90)).await;
     assert_eq!(reader.decisions.len(), n, "every event gets a decision");
     assert_eq!(reader.duplicates, 0, "no rebalance, no duplicate");
     check_against_reference(&events, &reader.decisions, &config, PARTITIONS);
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), handle)
-        .await
-        .expect("worker drains in time")
-        .expect("worker task");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,16 +354,12 @@ async fn local_mode_still_gives_the_reference_values_on_one_partition() {
     let events = events(n, 9);
     let producer: FutureProducer = config.kafka.producer().unwrap();
     produce_to(&producer, &topics.events, &events, 1).await;
-    let (stop, handle) = start_worker(&config).await;
+    let worker = TestWorker::spawn(config.clone()).await;
     let mut reader = DecisionReader::new(&config.kafka, &topics.decisions);
     reader.read_until(n, Duration::from_secs(60)).await;
     assert_eq!(reader.decisions.len(), n, "every event gets a decision");
     check_against_reference(&events, &reader.decisions, &config, 1);
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), handle)
-        .await
-        .expect("worker drains in time")
-        .expect("worker task");
+    worker.stop().await;
 }
 
 /// A join whose partials never come (here: a base record for two feature groups, one partial,
@@ -422,7 +379,7 @@ async fn an_incomplete_join_is_decided_at_its_timeout_with_null_features_and_rev
         "the shipped features have several groups"
     );
     let (first, second) = (&set.groups()[0], &set.groups()[1]);
-    let (stop, handle) = start_worker(&config).await;
+    let worker = TestWorker::spawn(config.clone()).await;
 
     let event = events(1, 3).remove(0);
     let base = ResultRecord::Base {
@@ -487,6 +444,5 @@ async fn an_incomplete_join_is_decided_at_its_timeout_with_null_features_and_rev
     for f in first.features() {
         assert_eq!(d.features.get(f.name()), Some(&FeatureValue::Number(1.0)));
     }
-    stop.cancel();
-    handle.await.unwrap();
+    worker.stop().await;
 }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use riskstream_common::{Decision, Event, FeatureValue, Outcome};
-use riskstream_feature_worker::app::catalog_of;
 use riskstream_feature_worker::config::WorkerConfig;
 use riskstream_feature_worker::features::{FeatureEngine, FeatureSet};
 use riskstream_feature_worker::scoring::rules::ProblemKind;
@@ -21,6 +20,7 @@ use riskstream_feature_worker::scoring::{
     DecideContext, FeatureCatalog, Lists, ModelSet, RulesHandle, Scorer, ScoringConfig, Thresholds,
 };
 use riskstream_feature_worker::stream::{ClockConfig, PartitionClock};
+use riskstream_feature_worker::worker::catalog_of;
 use uuid::Uuid;
 
 fn root() -> PathBuf {

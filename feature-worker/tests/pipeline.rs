@@ -5,8 +5,6 @@
 //! keeps deciding, and a good one reaches every worker (and a worker started later replays it).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -14,91 +12,31 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use riskstream_common::kafka::{KafkaConfig, Topics, header};
-use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Decision, now_ms};
 use riskstream_feature_worker::control::RULES_KEY;
-use riskstream_feature_worker::{App, Config, WorkerConfig};
+use riskstream_feature_worker::{Config, WorkerMode};
 use riskstream_testkit::kafka::{TestKafka, read_records};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+mod support;
+
+use support::worker::{TestWorker, repo};
 
 const SHIPPED_RULES_VERSION: &str = "2026-11-24.1";
 /// Generous bound for things that happen asynchronously (group joins, polling); never a
 /// performance assertion.
 const EVENTUALLY: Duration = Duration::from_secs(60);
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
-}
-
+/// A worker of the shipped configuration in consumer group `group`, with short timings.
 fn worker_config(broker: &TestKafka, topics: &Topics, group: &str) -> Config {
-    let mut worker = WorkerConfig {
-        listen: "127.0.0.1:0".into(),
-        group_id: group.into(),
-        features_path: repo("config/features.toml"),
-        out_of_orderness: Duration::from_millis(5),
-        idle_timeout: Duration::from_millis(5),
-        rules_poll_interval: Duration::from_millis(20),
-        ..WorkerConfig::default()
-    };
-    worker.scoring.rules_path = repo("config/rules.toml");
-    worker.scoring.models_dir = repo("config/models");
-    worker.scoring.lists_path = Some(repo("config/lists/lists.csv"));
-    Config {
-        kafka: broker.kafka_config(topics),
-        worker,
-    }
-}
-
-struct Worker {
-    admin: SocketAddr,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl Worker {
-    async fn start(config: Config) -> Worker {
-        let shutdown = CancellationToken::new();
-        let app = App::build(config, shutdown.clone())
-            .await
-            .expect("worker builds");
-        let admin = app.local_addr();
-        let handle = tokio::spawn(async move {
-            app.run_until_stopped().await.expect("worker runs");
-        });
-        Worker {
-            admin,
-            shutdown,
-            handle,
-        }
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(format!("http://{}{path}", self.admin))
-            .await
-            .expect("admin request")
-    }
-
-    async fn metrics(&self) -> String {
-        self.get("/metrics")
-            .await
-            .text()
-            .await
-            .expect("metrics text")
-    }
-
-    async fn rules(&self) -> Value {
-        self.get("/v1/rules")
-            .await
-            .json()
-            .await
-            .expect("rules json")
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.handle.await;
-    }
+    let mut config = support::worker::config(broker, topics);
+    let w = &mut config.worker;
+    w.group_id = group.into();
+    w.out_of_orderness = Duration::from_millis(5);
+    w.idle_timeout = Duration::from_millis(5);
+    w.rules_poll_interval = Duration::from_millis(20);
+    config
 }
 
 /// Sum of the samples of `name` whose labels contain every one of `labels` (`key="value"`).
@@ -236,7 +174,7 @@ async fn poison_goes_to_the_dlq_and_late_events_are_flagged_copied_and_counted()
     let broker = TestKafka::with_topics(1, &topics);
     let config = worker_config(&broker, &topics, &riskstream_testkit::unique("workers"));
     let kafka = config.kafka.clone();
-    let worker = Worker::start(config).await;
+    let worker = TestWorker::spawn(config).await;
     let producer: FutureProducer = kafka.producer().expect("producer");
 
     let now = now_ms();
@@ -329,8 +267,8 @@ async fn a_bad_rule_update_is_rejected_and_a_good_one_reaches_every_worker() {
     let config = worker_config(&broker, &topics, &group);
     let kafka = config.kafka.clone();
     let producer: FutureProducer = kafka.producer().expect("producer");
-    let w1 = Worker::start(config.clone()).await;
-    let w2 = Worker::start(config.clone()).await;
+    let w1 = TestWorker::spawn(config.clone()).await;
+    let w2 = TestWorker::spawn(config.clone()).await;
     for w in [&w1, &w2] {
         let r = eventually("the control topics are assigned", || async {
             let r = w.rules().await;
@@ -478,10 +416,12 @@ async fn a_bad_rule_update_is_rejected_and_a_good_one_reaches_every_worker() {
 
     // A worker started later replays the rules topic from the beginning before deciding:
     // it rejects the bad set, applies the good one and reports the same version. (It reads
-    // its own events topic, so it does not take partitions from the group above.)
+    // its own events topic, so it does not take partitions from the group above; in local mode,
+    // since keyed mode's stages fail at start on an events topic that does not exist.)
     let mut late_cfg = worker_config(&broker, &topics, &riskstream_testkit::unique("late"));
     late_cfg.kafka.topics.events = format!("{}-other", topics.events);
-    let w3 = Worker::start(late_cfg).await;
+    late_cfg.worker.mode = WorkerMode::Local;
+    let w3 = TestWorker::spawn(late_cfg).await;
     let r = eventually("the late worker catches up", || async {
         let r = w3.rules().await;
         (r["control_caught_up"] == true).then_some(r)
@@ -521,7 +461,7 @@ async fn the_rules_file_is_watched_and_a_bad_edit_keeps_the_running_set() {
     let mut config = worker_config(&broker, &topics, &riskstream_testkit::unique("workers"));
     config.worker.scoring.rules_path = path.clone();
     let kafka = config.kafka.clone();
-    let worker = Worker::start(config).await;
+    let worker = TestWorker::spawn(config).await;
     assert_eq!(worker.rules().await["version"], SHIPPED_RULES_VERSION);
 
     // A bad edit: rejected, counted, the running set kept.

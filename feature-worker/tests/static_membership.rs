@@ -2,18 +2,16 @@
 //! Kafka broker (the broker names static members `{group.instance.id}-{uuid}`), and leaves it a
 //! dynamic member without it.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use riskstream_common::kafka::{KafkaConfig, Topics};
-use riskstream_common::shutdown::CancellationToken;
-use riskstream_feature_worker::{App, Config, WorkerConfig, WorkerMode};
+use riskstream_feature_worker::WorkerMode;
 use riskstream_testkit::kafka::TestKafka;
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
-}
+mod support;
+
+use support::worker::TestWorker;
 
 /// The member ids of `group` once it has `n` members.
 fn members(kafka: &KafkaConfig, group: &str, n: usize) -> Vec<String> {
@@ -38,30 +36,17 @@ fn members(kafka: &KafkaConfig, group: &str, n: usize) -> Vec<String> {
 }
 
 async fn run_worker(broker: &TestKafka, topics: &Topics, instance: &str) -> (String, Vec<String>) {
-    let mut kafka = broker.kafka_config(topics);
-    kafka.group_instance_id = instance.to_string();
+    let mut config = support::worker::config(broker, topics);
+    config.kafka.group_instance_id = instance.to_string();
     let group = riskstream_testkit::unique("static");
-    let mut worker = WorkerConfig {
-        listen: "127.0.0.1:0".into(),
-        group_id: group.clone(),
-        features_path: repo("config/features.toml"),
-        mode: WorkerMode::Local,
-        ..WorkerConfig::default()
-    };
-    worker.scoring.rules_path = repo("config/rules.toml");
-    worker.scoring.models_dir = repo("config/models");
-    worker.scoring.lists_path = Some(repo("config/lists/lists.csv"));
-    let stop = CancellationToken::new();
-    let app = App::build(Config { kafka, worker }, stop.clone())
-        .await
-        .expect("worker builds");
-    let handle = tokio::spawn(async move { app.run_until_stopped().await.expect("worker runs") });
+    config.worker.group_id = group.clone();
+    config.worker.mode = WorkerMode::Local;
+    let worker = TestWorker::spawn(config).await;
     let (k, g) = (broker.kafka_config(topics), group.clone());
     let ids = tokio::task::spawn_blocking(move || members(&k, &g, 1))
         .await
         .unwrap();
-    stop.cancel();
-    handle.await.unwrap();
+    worker.stop().await;
     (group, ids)
 }
 

@@ -5,40 +5,28 @@
 //! covered by tests/keyed.rs and tests/features_reference.rs).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::Topics;
-use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Decision, Event, FeatureValue};
+use riskstream_feature_worker::Config;
 use riskstream_feature_worker::features::{FeatureEngine, FeatureSet};
-use riskstream_feature_worker::{App, Config, WorkerConfig};
 use riskstream_testkit::kafka::{TestKafka, read_records};
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
-}
+mod support;
+
+use support::worker::{TestWorker, repo};
 
 fn worker_config(broker: &TestKafka, topics: &Topics) -> Config {
-    let mut worker = WorkerConfig {
-        listen: "127.0.0.1:0".into(),
-        group_id: riskstream_testkit::unique("workers"),
-        features_path: repo("config/features.toml"),
-        out_of_orderness: Duration::from_millis(200),
-        idle_timeout: Duration::from_millis(800),
-        reorder_wait: Duration::from_millis(500),
-        ..WorkerConfig::default()
-    };
-    worker.scoring.rules_path = repo("config/rules.toml");
-    worker.scoring.models_dir = repo("config/models");
-    worker.scoring.lists_path = Some(repo("config/lists/lists.csv"));
-    Config {
-        kafka: broker.kafka_config(topics),
-        worker,
-    }
+    let mut config = support::worker::config(broker, topics);
+    let w = &mut config.worker;
+    w.out_of_orderness = Duration::from_millis(200);
+    w.idle_timeout = Duration::from_millis(800);
+    w.reorder_wait = Duration::from_millis(500);
+    config
 }
 
 fn close(a: &FeatureValue, b: &FeatureValue) -> bool {
@@ -85,12 +73,8 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
             .expect("produce");
     }
 
-    let shutdown = CancellationToken::new();
-    let app = App::build(config.clone(), shutdown.clone())
-        .await
-        .expect("worker builds");
-    let admin = app.local_addr();
-    let handle = tokio::spawn(app.run_until_stopped());
+    let worker = TestWorker::spawn(config.clone()).await;
+    let admin = worker.admin();
 
     let records = read_records(&config.kafka, &topics.decisions, n, Duration::from_secs(60)).await;
     assert_eq!(records.len(), n, "one decision per event");
@@ -149,12 +133,7 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
         body["features"]["card_count_10m"].as_f64().unwrap() >= 1.0,
         "{body}"
     );
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = worker.metrics().await;
     assert!(
         metrics.contains(&format!(
             "riskstream_worker_events_total{{result=\"decided\"}} {n}"
@@ -162,12 +141,7 @@ async fn every_event_gets_one_decision_with_the_reference_feature_values() {
         "{metrics}"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), handle)
-        .await
-        .expect("worker drains in time")
-        .unwrap()
-        .unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,12 +154,8 @@ async fn the_admin_routes_need_an_admin_token_health_and_metrics_do_not() {
     let mut tokens = TestTokens::new(&[]);
     config.worker.access = tokens.access();
     let max_header_bytes = config.worker.access.http.max_header_bytes;
-    let shutdown = CancellationToken::new();
-    let app = App::build(config, shutdown.clone())
-        .await
-        .expect("worker builds");
-    let admin = app.local_addr();
-    let handle = tokio::spawn(app.run_until_stopped());
+    let worker = TestWorker::spawn(config).await;
+    let admin = worker.admin();
     let http = reqwest::Client::new();
     let make = |a: Option<&str>| {
         let r = http.get(format!("http://{admin}/v1/rules"));
@@ -210,6 +180,5 @@ async fn the_admin_routes_need_an_admin_token_health_and_metrics_do_not() {
         let a = send(http.get(format!("http://{admin}{open}"))).await;
         assert_eq!(a.status, 200, "{open}: {a:?}");
     }
-    shutdown.cancel();
-    let _ = handle.await;
+    worker.stop().await;
 }

@@ -104,8 +104,10 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     )
     .await
     .map_err(|e| match e {
-        riskstream_feature_worker::WorkerError::Features(m)
-        | riskstream_feature_worker::WorkerError::Scoring(m) => Failure::Usage(vec![m]),
+        riskstream_feature_worker::WorkerError::Features { path, source } => {
+            Failure::Usage(vec![format!("{}: {source}", path.display())])
+        }
+        riskstream_feature_worker::WorkerError::Scoring(e) => Failure::Usage(vec![e.to_string()]),
         other => Failure::Runtime(anyhow::Error::new(other).context("starting the worker")),
     })?;
     println!("listening={}", app.local_addr());

@@ -7,28 +7,31 @@
 //! decision of its event is acknowledged (or its join expired).
 
 use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
-use rdkafka::consumer::Consumer;
-use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use riskstream_common::shutdown::CancellationToken;
-use riskstream_common::telemetry::link_span;
 use riskstream_common::trace_context::TraceParent;
 use riskstream_common::{Event, FeatureValue};
 use uuid::Uuid;
 
-use super::{JOIN_GROUP_SUFFIX, KeyedError, ResultRecord, StageConsumer, stage_consumer};
-use crate::app::{LateCopy, WorkerState, send_decision};
-use crate::scoring::DecideContext;
-use crate::stream::OffsetTracker;
+use super::error::KeyedError;
+use super::records::ResultRecord;
+use crate::decision::{Features, ToDecide, decide};
+use crate::output::LateCopy;
+use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage, Ticker};
+use crate::stream::Lateness;
+use crate::worker::WorkerState;
+
+/// Suffix of the stage's consumer group (`{worker.group_id}.join`).
+pub const GROUP_SUFFIX: &str = ".join";
+/// The lag gauge's and the logs' name of the stage.
+pub const STAGE: &str = "join";
+/// How often expired joins are collected.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The base record's fields.
 struct Base {
@@ -62,18 +65,15 @@ impl Pending {
 type Entry = Arc<Mutex<Pending>>;
 /// Joins that expired or were evicted incomplete (taken out of their cache entries).
 type Expired = Arc<Mutex<Vec<(Uuid, Pending)>>>;
-type Acked = Pin<Box<dyn std::future::Future<Output = Vec<(i32, i64)>> + Send>>;
 
 struct Joiner {
     state: WorkerState,
-    consumer: Arc<StageConsumer>,
     producer: FutureProducer,
     pending: Cache<Uuid, Entry>,
     decided: Cache<Uuid, ()>,
     /// Offsets of joins that expired or were evicted (filled by the cache's listener).
     expired: Expired,
-    trackers: HashMap<i32, OffsetTracker>,
-    in_flight: FuturesUnordered<Acked>,
+    sweep_tick: Ticker,
 }
 
 pub(crate) async fn run(
@@ -82,14 +82,15 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), KeyedError> {
     let cfg = state.config.clone();
-    let group_id = format!("{}{JOIN_GROUP_SUFFIX}", cfg.worker.group_id);
-    let consumer = Arc::new(stage_consumer(
+    let group_id = format!("{}{GROUP_SUFFIX}", cfg.worker.group_id);
+    let input = KafkaInput::subscribe(
         &cfg.kafka,
         &group_id,
         &cfg.kafka.topics.feature_results,
         false,
-        state.metrics.lag_reporter("join"),
-    )?);
+        STAGE,
+        state.metrics.lag_reporter(STAGE),
+    )?;
     let expired: Expired = Arc::default();
     let sink = expired.clone();
     let pending = Cache::builder()
@@ -112,69 +113,24 @@ pub(crate) async fn run(
         .build();
     let mut j = Joiner {
         state,
-        consumer: consumer.clone(),
         producer,
         pending,
         decided,
         expired,
-        trackers: HashMap::new(),
-        in_flight: FuturesUnordered::new(),
+        sweep_tick: Ticker::new(SWEEP_INTERVAL),
     };
-    j.run(shutdown).await;
-    drop(j);
-    riskstream_common::kafka::commit_and_close(consumer, super::CLOSE_TIMEOUT).await;
+    stage::run(input, &mut j, Limits::of(&cfg.worker), &shutdown).await;
     Ok(())
 }
 
-impl Joiner {
-    async fn run(&mut self, shutdown: CancellationToken) {
-        let max_in_flight = self.state.config.worker.max_in_flight;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let consumer = self.consumer.clone();
-        loop {
-            self.handle_revocations();
-            let reading = self.in_flight.len() < max_in_flight;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some(offsets) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(&offsets),
-                m = consumer.recv(), if reading => match m {
-                    Ok(m) => {
-                        // Revocations served inside this recv() precede the message.
-                        self.handle_revocations();
-                        self.on_message(&m)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consume error (join)");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = tick.tick() => self.sweep(),
-            }
-        }
-        let deadline = Instant::now() + self.state.config.worker.shutdown_timeout;
-        while !self.in_flight.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.in_flight.next()).await {
-                Ok(Some(offsets)) => self.acknowledged(&offsets),
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(in_flight = self.in_flight.len(), "join drain timed out");
-                    break;
-                }
-            }
-        }
+impl Stage for Joiner {
+    const NAME: &'static str = STAGE;
+
+    async fn on_record(&mut self, m: Record<'_>, out: &mut Outputs) {
+        self.on_message(m, out);
     }
 
-    fn handle_revocations(&mut self) {
-        let revoked = self.consumer.context().take_revoked();
-        if revoked.is_empty() {
-            return;
-        }
-        for p in &revoked {
-            self.trackers.remove(p);
-        }
+    fn on_revoked(&mut self, revoked: &[i32]) {
         // Their records are read again by the next owner.
         let doomed: Vec<Arc<Uuid>> = self
             .pending
@@ -193,7 +149,18 @@ impl Joiner {
         }
     }
 
-    fn sweep(&mut self) {
+    fn wake_at(&self) -> Option<Instant> {
+        Some(self.sweep_tick.due_at())
+    }
+
+    async fn on_wake(&mut self, now: Instant, out: &mut Outputs) {
+        self.sweep_tick.fired(now);
+        self.sweep(out);
+    }
+}
+
+impl Joiner {
+    fn sweep(&mut self, out: &mut Outputs) {
         self.pending.run_pending_tasks();
         let expired =
             std::mem::take(&mut *self.expired.lock().unwrap_or_else(PoisonError::into_inner));
@@ -203,27 +170,23 @@ impl Joiner {
                 // Nothing is lost: decided with the missing groups' features null (at least
                 // `review`, reason `features_incomplete`).
                 self.decided.insert(id, ());
-                self.decide(pending);
+                self.decide(pending, out);
             } else {
                 // Only partials: the event itself never reached this join (its base record
                 // is on the results topic; a redelivery decides it).
                 tracing::error!(event_id = %id, partials = pending.partials.len(), "feature join without its event given up");
-                self.acknowledged(&pending.offsets);
+                out.done_all(&pending.offsets);
             }
         }
     }
 
-    fn on_message(&mut self, m: &BorrowedMessage<'_>) {
-        let (p, offset) = (m.partition(), m.offset());
-        if !self.consumer.context().is_assigned(p) {
-            return;
-        }
-        self.trackers.entry(p).or_default().begin(offset);
-        let record: ResultRecord = match serde_json::from_slice(m.payload().unwrap_or_default()) {
+    fn on_message(&mut self, m: Record<'_>, out: &mut Outputs) {
+        let (p, offset) = (m.partition, m.offset);
+        let record: ResultRecord = match serde_json::from_slice(m.payload) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(partition = p, offset, error = %e, "undecodable result record skipped");
-                self.acknowledged(&[(p, offset)]);
+                out.done(p, offset);
                 return;
             }
         };
@@ -233,7 +196,7 @@ impl Joiner {
         };
         if self.decided.contains_key(&id) {
             // A redelivered part of an event already decided.
-            self.acknowledged(&[(p, offset)]);
+            out.done(p, offset);
             return;
         }
         let entry = self.pending.get_with(id, Entry::default);
@@ -284,60 +247,50 @@ impl Joiner {
         if let Some(done) = ready {
             self.pending.invalidate(&id);
             self.decided.insert(id, ());
-            self.decide(done);
+            self.decide(done, out);
         }
     }
 
     /// Scores a complete event and sends its outputs (as local mode does).
-    fn decide(&mut self, pending: Pending) {
+    fn decide(&mut self, pending: Pending, out: &mut Outputs) {
         let Pending {
             base,
             partials,
             offsets,
         } = pending;
-        let Some(base) = base else {
+        let Some(mut base) = base else {
             return;
         };
+        let late_copy = base.source_payload.take().map(|payload| LateCopy {
+            key: base.source_key.take().map(String::into_bytes),
+            payload: payload.into_bytes(),
+        });
         let (p, o) = offsets.first().copied().unwrap_or((-1, -1));
         let parent = base.traceparent.as_deref().and_then(TraceParent::parse);
-        let span = tracing::info_span!(
-            "process event",
-            otel.name = "riskstream.worker.process",
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            messaging.kafka.partition = p,
-            messaging.kafka.offset = o,
-            event_id = %base.event.event_id,
-            late = base.late,
-        );
-        let trace = link_span(&span, parent.as_ref());
-        let _entered = span.enter();
         let engine = &self.state.engine;
-        let features: BTreeMap<String, FeatureValue> =
-            tracing::info_span!("features.update", otel.name = "riskstream.features.update")
-                .in_scope(|| {
-                    let mut out = BTreeMap::new();
-                    let mut values = Vec::new();
-                    for (gi, g) in engine.feature_set().groups().iter().enumerate() {
-                        values.clear();
-                        let group = u32::try_from(gi).unwrap_or(u32::MAX);
-                        match partials.get(&group) {
-                            Some((v, _)) => values.extend(v.iter().cloned()),
-                            // Expected but never arrived (an expired join): unknown.
-                            None if base.groups.contains(&group) => {
-                                values.extend(g.features().iter().map(|_| FeatureValue::Null));
-                            }
-                            // The event has no key for this group: its empty aggregates.
-                            None => {
-                                let _ = engine.empty_values_into(gi, &mut values);
-                            }
-                        }
-                        for (f, v) in g.features().iter().zip(values.drain(..)) {
-                            out.insert(f.name().to_string(), v);
-                        }
+        let features = || -> Features {
+            let mut out = BTreeMap::new();
+            let mut values = Vec::new();
+            for (gi, g) in engine.feature_set().groups().iter().enumerate() {
+                values.clear();
+                let group = u32::try_from(gi).unwrap_or(u32::MAX);
+                match partials.get(&group) {
+                    Some((v, _)) => values.extend(v.iter().cloned()),
+                    // Expected but never arrived (an expired join): unknown.
+                    None if base.groups.contains(&group) => {
+                        values.extend(g.features().iter().map(|_| FeatureValue::Null));
                     }
-                    out
-                });
+                    // The event has no key for this group: its empty aggregates.
+                    None => {
+                        let _ = engine.empty_values_into(gi, &mut values);
+                    }
+                }
+                for (f, v) in g.features().iter().zip(values.drain(..)) {
+                    out.insert(f.name().to_string(), v);
+                }
+            }
+            (out, partials.values().any(|(_, b)| *b))
+        };
         let now_us = riskstream_common::now_ms().saturating_mul(1000);
         let waited = Duration::from_micros(
             u64::try_from(now_us.saturating_sub(base.read_at_unix_us)).unwrap_or(0),
@@ -345,70 +298,21 @@ impl Joiner {
         let started = Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(Instant::now);
-        let beyond_retention = partials.values().any(|(_, b)| *b);
-        let lateness = crate::stream::Lateness {
-            lateness_ms: base.lateness_ms,
-            too_late: base.source_payload.is_some(),
-        };
-        self.state
-            .metrics
-            .timeliness(crate::app::timeliness_label(lateness, beyond_retention));
-        let ctx = DecideContext {
-            trace_id: trace.trace_id_hex(),
+        let e = ToDecide {
+            event: &base.event,
+            parent: parent.as_ref(),
+            partition: p,
+            offset: o,
             late: base.late,
-            lateness_ms: base.lateness_ms,
-            beyond_retention,
+            lateness: Lateness {
+                lateness_ms: base.lateness_ms,
+                too_late: late_copy.is_some(),
+            },
             features_incomplete: base.groups.iter().any(|g| !partials.contains_key(g)),
             started,
-        };
-        let decision = tracing::info_span!("score", otel.name = "riskstream.score")
-            .in_scope(|| self.state.scorer.decide(&base.event, &features, &ctx));
-        self.state.metrics.decided(&decision, started.elapsed());
-        let topics = &self.state.config.kafka.topics;
-        let produce_span = tracing::info_span!(
-            "kafka.produce",
-            otel.name = "riskstream.decision.produce",
-            otel.kind = "producer",
-            messaging.system = "kafka",
-            messaging.destination.name = %topics.decisions,
-            outcome = decision.outcome.as_str(),
-        );
-        let out_trace = link_span(&produce_span, Some(&trace));
-        let late_copy = base.source_payload.map(|payload| LateCopy {
-            topic: topics.events_late.clone(),
-            key: base.source_key.map(String::into_bytes),
-            payload: payload.into_bytes(),
-        });
-        let fut = send_decision(
-            self.producer.clone(),
-            topics.decisions.clone(),
-            decision,
             late_copy,
-            out_trace,
-        );
-        let fut = tracing::Instrument::instrument(fut, produce_span);
-        self.in_flight.push(Box::pin(async move {
-            fut.await;
-            offsets
-        }));
-    }
-
-    fn acknowledged(&mut self, offsets: &[(i32, i64)]) {
-        let topic = self.state.config.kafka.topics.feature_results.clone();
-        let mut tpl = TopicPartitionList::new();
-        for &(p, o) in offsets {
-            let Some(tracker) = self.trackers.get_mut(&p) else {
-                continue; // revoked meanwhile
-            };
-            tracker.done(o);
-            if let Some(next) = tracker.committable() {
-                let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(next));
-            }
-        }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.store_offsets(&tpl)
-        {
-            tracing::debug!(error = %e, "store offset (join)");
-        }
+        };
+        let sent = decide(&self.state, &self.producer, e, &features);
+        out.push_settling(offsets, sent);
     }
 }

@@ -9,91 +9,46 @@
 //! first offset read, so a new owner decides exactly as the previous one would have.
 
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use rdkafka::Message;
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::FutureProducer;
 use riskstream_common::kafka::{header, header_str};
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{EventDecoder, now_ms};
 
-use super::{
-    KeyedError, ROUTE_GROUP_SUFFIX, RepartitionRecord, ResultRecord, StageConsumer, delivered,
-    enqueue, partition_count, repartition_key, repartition_of, replay, stage_consumer,
-};
-use crate::app::{WorkerState, dead_letter, send_with_retry};
-use crate::stream::Lateness;
+use super::error::KeyedError;
+use super::records::{RepartitionRecord, ResultRecord, repartition_key, repartition_of};
+use super::replay::{partition_count, replay};
+use crate::output::{Delivery, OutRecord, produce_in_order};
+use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage, Ticker};
+use crate::stream::Watermark;
+use crate::worker::{WorkerState, events_decoder};
 
-/// The watermark of one source partition and the late rule, as the router applies them.
-#[derive(Debug, Clone, Copy)]
-pub struct SourceClock {
-    out_of_orderness_ms: i64,
-    allowed_lateness_ms: i64,
-    max_event_time_ms: Option<i64>,
-}
-
-impl SourceClock {
-    pub fn new(out_of_orderness_ms: i64, allowed_lateness_ms: i64) -> Self {
-        Self {
-            out_of_orderness_ms,
-            allowed_lateness_ms,
-            max_event_time_ms: None,
-        }
-    }
-
-    /// `max event time - out_of_orderness` (`i64::MIN` before the first event).
-    pub fn watermark_ms(&self) -> i64 {
-        self.max_event_time_ms
-            .map_or(i64::MIN, |m| m.saturating_sub(self.out_of_orderness_ms))
-    }
-
-    /// Admits an event: its lateness against the watermark before it (too late: behind by
-    /// more than the allowed lateness); then the watermark may advance.
-    pub fn admit(&mut self, event_time_ms: i64) -> Lateness {
-        let lateness_ms = self.watermark_ms().saturating_sub(event_time_ms).max(0);
-        self.max_event_time_ms = Some(
-            self.max_event_time_ms
-                .map_or(event_time_ms, |m| m.max(event_time_ms)),
-        );
-        Lateness {
-            lateness_ms,
-            too_late: lateness_ms > self.allowed_lateness_ms,
-        }
-    }
-}
-
-type Acked = Pin<Box<dyn std::future::Future<Output = (i32, i64)> + Send>>;
+/// Suffix of the stage's consumer group (`{worker.group_id}.route`).
+pub const GROUP_SUFFIX: &str = ".route";
+/// The lag gauge's and the logs' name of the stage.
+pub const STAGE: &str = "route";
 
 /// Per source partition bookkeeping.
 struct Source {
-    clock: SourceClock,
+    clock: Watermark,
     /// Last watermark published in a marker, and when.
     published: Option<(i64, Instant)>,
     /// When the reader hit the end of the partition (cleared by a new record).
     eof_since: Option<Instant>,
     idle_sent: bool,
-    tracker: crate::stream::OffsetTracker,
 }
 
 struct Router {
     state: WorkerState,
-    consumer: Arc<StageConsumer>,
     producer: FutureProducer,
     decoder: EventDecoder,
     group_id: String,
     repartition_partitions: i32,
     sources: HashMap<i32, Source>,
     restored: HashSet<i32>,
-    in_flight: FuturesUnordered<Acked>,
     watermark_interval: Duration,
+    tick: Ticker,
     /// Cancelled at shutdown (stops a replay in progress).
     stop: CancellationToken,
 }
@@ -104,113 +59,76 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), KeyedError> {
     let cfg = state.config.clone();
-    let group_id = format!("{}{ROUTE_GROUP_SUFFIX}", cfg.worker.group_id);
+    let group_id = format!("{}{GROUP_SUFFIX}", cfg.worker.group_id);
     let repartition_partitions = partition_count(&cfg.kafka, &cfg.kafka.topics.repartition).await?;
-    let consumer = Arc::new(stage_consumer(
+    let input = KafkaInput::subscribe(
         &cfg.kafka,
         &group_id,
         &cfg.kafka.topics.events,
         true,
-        state.metrics.lag_reporter("route"),
-    )?);
-    let decoder = EventDecoder::new(riskstream_common::DecodeLimits {
-        max_event_size_bytes: 1024 * 1024,
-        max_future_skew_ms: i64::MAX / 4,
-        required_key: None,
-    });
+        STAGE,
+        state.metrics.lag_reporter(STAGE),
+    )?;
+    let watermark_interval = cfg.worker.watermark_interval.max(Duration::from_millis(1));
     let mut r = Router {
         state,
-        consumer: consumer.clone(),
         producer,
-        decoder,
+        decoder: events_decoder(),
         group_id,
         repartition_partitions,
         sources: HashMap::new(),
         restored: HashSet::new(),
-        in_flight: FuturesUnordered::new(),
-        watermark_interval: cfg.worker.watermark_interval.max(Duration::from_millis(1)),
+        watermark_interval,
+        tick: Ticker::new(watermark_interval),
         stop: shutdown.clone(),
     };
-    r.run(shutdown).await;
-    drop(r);
-    riskstream_common::kafka::commit_and_close(consumer, super::CLOSE_TIMEOUT).await;
+    stage::run(input, &mut r, Limits::of(&cfg.worker), &shutdown).await;
     Ok(())
 }
 
-impl Router {
-    async fn run(&mut self, shutdown: CancellationToken) {
-        let max_in_flight = self.state.config.worker.max_in_flight;
-        let mut tick = tokio::time::interval(self.watermark_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let consumer = self.consumer.clone();
-        loop {
-            self.handle_revocations();
-            let reading = self.in_flight.len() < max_in_flight;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some((p, o)) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(p, o),
-                m = consumer.recv(), if reading => match m {
-                    Ok(m) => {
-                        // Revocations served inside this recv() precede the message.
-                        self.handle_revocations();
-                        self.on_message(&m).await
-                    }
-                    Err(KafkaError::PartitionEOF(p)) => {
-                        self.handle_revocations();
-                        if let Some(s) = self.sources.get_mut(&p) {
-                            s.eof_since.get_or_insert_with(Instant::now);
-                        } else if consumer.context().is_assigned(p) {
-                            let mut s = self.new_source();
-                            s.eof_since = Some(Instant::now());
-                            self.sources.insert(p, s);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consume error (route)");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = tick.tick() => self.on_tick().await,
-            }
-        }
-        let deadline = Instant::now() + self.state.config.worker.shutdown_timeout;
-        while !self.in_flight.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.in_flight.next()).await {
-                Ok(Some((p, o))) => self.acknowledged(p, o),
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(
-                        in_flight = self.in_flight.len(),
-                        "route drain timed out; unacknowledged events will be routed again"
-                    );
-                    break;
-                }
-            }
+impl Stage for Router {
+    const NAME: &'static str = STAGE;
+
+    async fn on_record(&mut self, m: Record<'_>, out: &mut Outputs) {
+        self.on_message(m, out).await;
+    }
+
+    fn on_revoked(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            // In-flight records were not committed: the next owner routes them again (its
+            // copies are dropped as duplicates by the state stage).
+            self.sources.remove(p);
+            self.restored.remove(p);
         }
     }
 
+    fn on_partition_eof(&mut self, p: i32) {
+        if let Some(s) = self.sources.get_mut(&p) {
+            s.eof_since.get_or_insert_with(Instant::now);
+        } else {
+            let mut s = self.new_source();
+            s.eof_since = Some(Instant::now());
+            self.sources.insert(p, s);
+        }
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        Some(self.tick.due_at())
+    }
+
+    async fn on_wake(&mut self, now: Instant, _out: &mut Outputs) {
+        self.tick.fired(now);
+        self.on_tick().await;
+    }
+}
+
+impl Router {
     fn new_source(&self) -> Source {
-        let w = &self.state.config.worker;
         Source {
-            clock: SourceClock::new(
-                i64::try_from(w.out_of_orderness.as_millis()).unwrap_or(i64::MAX),
-                i64::try_from(w.state.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
-            ),
+            clock: Watermark::of(&self.state.config.worker.clock()),
             published: None,
             eof_since: None,
             idle_sent: false,
-            tracker: crate::stream::OffsetTracker::default(),
-        }
-    }
-
-    fn handle_revocations(&mut self) {
-        for p in self.consumer.context().take_revoked() {
-            // In-flight records were not committed: the next owner routes them again (its
-            // copies are dropped as duplicates by the state stage).
-            self.sources.remove(&p);
-            self.restored.remove(&p);
         }
     }
 
@@ -228,7 +146,7 @@ impl Router {
             first_offset,
             &self.stop,
             |m| {
-                if let Ok(e) = decoder.decode_slice(m.payload().unwrap_or_default(), now_ms()) {
+                if let Ok(e) = decoder.decode_slice(m.payload, now_ms()) {
                     source.clock.admit(e.event_time_ms);
                 }
             },
@@ -249,12 +167,9 @@ impl Router {
         self.restored.insert(p);
     }
 
-    async fn on_message(&mut self, m: &BorrowedMessage<'_>) {
+    async fn on_message(&mut self, m: Record<'_>, out: &mut Outputs) {
         let read_at_unix_us = riskstream_common::now_ms().saturating_mul(1000);
-        let (p, offset) = (m.partition(), m.offset());
-        if !self.consumer.context().is_assigned(p) {
-            return; // revoked meanwhile: the next owner reads it
-        }
+        let (p, offset) = (m.partition, m.offset);
         if !self.restored.contains(&p) {
             self.restore(p, offset).await;
             if self.stop.is_cancelled() {
@@ -265,32 +180,19 @@ impl Router {
         let Some(source) = self.sources.get_mut(&p) else {
             return;
         };
-        source.tracker.begin(offset);
         source.eof_since = None;
         source.idle_sent = false;
-        let payload = m.payload().unwrap_or_default();
-        let event = match self.decoder.decode_slice(payload, now_ms()) {
-            Ok(e) => e,
-            Err(err) => {
-                self.state.metrics.event("dlq");
-                let fut = dead_letter(
-                    self.producer.clone(),
-                    self.state.config.kafka.topics.events_dlq.clone(),
-                    m,
-                    err.to_string(),
-                    err.code(),
-                );
-                self.in_flight.push(Box::pin(async move {
-                    fut.await;
-                    (p, offset)
-                }));
-                return;
-            }
+        let payload = m.payload;
+        let Some(event) = self
+            .state
+            .decode_event(&self.decoder, &self.producer, m, out)
+        else {
+            return;
         };
-        let traceparent = header_str(m.headers(), header::TRACEPARENT).map(str::to_string);
-        let topics = self.state.config.kafka.topics.clone();
+        let traceparent = header_str(m.headers, header::TRACEPARENT).map(str::to_string);
+        let topics = &self.state.config.kafka.topics;
         let event_key = event.event_id.to_string();
-        let mut deliveries: Vec<(Option<DeliveryFuture>, Record)> = Vec::new();
+        let mut deliveries: Vec<Delivery> = Vec::new();
         let lateness = source.clock.admit(event.event_time_ms);
         let watermark_ms = source.clock.watermark_ms();
         let mut groups = Vec::new();
@@ -309,14 +211,15 @@ impl Router {
                 watermark_ms,
                 traceparent: traceparent.clone(),
             };
-            let rec = Record {
-                topic: topics.repartition.clone(),
+            let rec = OutRecord {
                 partition: Some(q),
-                key: repartition_key(group, &key),
-                payload: serde_json::to_vec(&record).unwrap_or_default(),
+                ..OutRecord::new(
+                    topics.repartition.as_str(),
+                    Some(repartition_key(group, &key).into_bytes()),
+                    serde_json::to_vec(&record).unwrap_or_default(),
+                )
             };
-            let f = rec.enqueue(&self.producer).await;
-            deliveries.push((f, rec));
+            deliveries.push(produce_in_order(&self.producer, rec).await);
             groups.push(group);
         }
         let too_late = lateness.too_late;
@@ -328,39 +231,21 @@ impl Router {
             read_at_unix_us,
             traceparent,
             source_key: too_late
-                .then(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+                .then(|| m.key.map(|k| String::from_utf8_lossy(k).into_owned()))
                 .flatten(),
             source_payload: too_late.then(|| String::from_utf8_lossy(payload).into_owned()),
         };
-        let rec = Record {
-            topic: topics.feature_results.clone(),
-            partition: None,
-            key: event_key,
-            payload: serde_json::to_vec(&base).unwrap_or_default(),
-        };
-        let f = rec.enqueue(&self.producer).await;
-        deliveries.push((f, rec));
-        let producer = self.producer.clone();
-        self.in_flight.push(Box::pin(async move {
-            for (f, rec) in deliveries {
-                let ok = match f {
-                    Some(f) => delivered(f).await,
-                    None => false,
-                };
-                if !ok {
-                    // Rare (delivery timed out): the copy may land after later records.
-                    send_with_retry(
-                        &producer,
-                        &rec.topic,
-                        Some(rec.key.as_bytes()),
-                        &rec.payload,
-                        rdkafka::message::OwnedHeaders::new(),
-                    )
-                    .await;
-                }
+        let rec = OutRecord::new(
+            topics.feature_results.as_str(),
+            Some(event_key.into_bytes()),
+            serde_json::to_vec(&base).unwrap_or_default(),
+        );
+        deliveries.push(produce_in_order(&self.producer, rec).await);
+        out.push(p, offset, async move {
+            for d in deliveries {
+                d.acknowledged().await;
             }
-            (p, offset)
-        }));
+        });
         self.maybe_publish(p, false).await;
     }
 
@@ -411,27 +296,6 @@ impl Router {
             }
         }
     }
-
-    fn acknowledged(&mut self, p: i32, o: i64) {
-        let Some(source) = self.sources.get_mut(&p) else {
-            return; // revoked meanwhile
-        };
-        source.tracker.done(o);
-        if let Some(next) = source.tracker.committable() {
-            let mut tpl = TopicPartitionList::new();
-            if tpl
-                .add_partition_offset(
-                    &self.state.config.kafka.topics.events,
-                    p,
-                    Offset::Offset(next),
-                )
-                .is_ok()
-                && let Err(e) = self.consumer.store_offsets(&tpl)
-            {
-                tracing::debug!(partition = p, error = %e, "store offset (route)");
-            }
-        }
-    }
 }
 
 /// Sends a watermark marker of source `p` to every repartition partition.
@@ -450,50 +314,11 @@ async fn publish_marker(
     };
     let payload = serde_json::to_vec(&marker).unwrap_or_default();
     for q in 0..partitions {
+        let rec = OutRecord {
+            partition: Some(q),
+            ..OutRecord::new(topic, None, payload.clone())
+        };
         // A lost marker is superseded by the next one: no delivery tracking.
-        let _ = enqueue(producer, topic, Some(q), None, &payload, None).await;
-    }
-}
-
-/// One produced record, kept to re-send if its delivery fails.
-struct Record {
-    topic: String,
-    partition: Option<i32>,
-    key: String,
-    payload: Vec<u8>,
-}
-
-impl Record {
-    async fn enqueue(&self, producer: &FutureProducer) -> Option<DeliveryFuture> {
-        enqueue(
-            producer,
-            &self.topic,
-            self.partition,
-            Some(self.key.as_bytes()),
-            &self.payload,
-            None,
-        )
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::SourceClock;
-
-    #[test]
-    fn lateness_is_measured_against_the_watermark_before_the_event() {
-        let mut c = SourceClock::new(100, 50);
-        assert_eq!(c.watermark_ms(), i64::MIN);
-        assert_eq!(c.admit(10_000).lateness_ms, 0);
-        assert_eq!(c.watermark_ms(), 9_900);
-        let l = c.admit(9_850);
-        assert_eq!((l.lateness_ms, l.late(), l.too_late), (50, true, false));
-        let l = c.admit(9_849);
-        assert_eq!((l.lateness_ms, l.too_late), (51, true));
-        // A late event does not move the watermark; a newer one does.
-        assert_eq!(c.watermark_ms(), 9_900);
-        assert_eq!(c.admit(10_500).lateness_ms, 0);
-        assert_eq!(c.watermark_ms(), 10_400);
+        drop(produce_in_order(producer, rec).await);
     }
 }

@@ -15,25 +15,24 @@
 //! revocation the partition's keys are dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Event, FeatureValue};
 
-use super::{
-    KeyedError, RepartitionRecord, ResultRecord, STATE_GROUP_SUFFIX, StageConsumer,
-    partition_count, repartition_of, replay, stage_consumer,
-};
-use crate::app::{WorkerState, send_with_retry};
-use crate::stream::{ClockConfig, OffsetTracker, PartitionClock};
+use super::error::KeyedError;
+use super::records::{RepartitionRecord, ResultRecord, repartition_of};
+use super::replay::{partition_count, replay};
+use crate::output::{OutRecord, produce};
+use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage};
+use crate::stream::{ClockConfig, PartitionClock};
+use crate::worker::WorkerState;
+
+/// Suffix of the stage's consumer group (`{worker.group_id}.state`).
+pub const GROUP_SUFFIX: &str = ".state";
+/// The lag gauge's and the logs' name of the stage.
+pub const STAGE: &str = "state";
 
 /// The input watermark of one repartition partition: the minimum over the source partitions of
 /// the latest watermark each published; idle sources do not count until they publish again.
@@ -122,21 +121,16 @@ struct Partition {
     dedup: Dedup,
     /// The reorder wait (`worker.reorder_wait`) of live envelopes; its lateness is unused.
     reorder: PartitionClock<Item>,
-    tracker: OffsetTracker,
 }
-
-type Acked = Pin<Box<dyn std::future::Future<Output = (i32, i64)> + Send>>;
 
 struct StateStage {
     state: WorkerState,
-    consumer: Arc<StageConsumer>,
     producer: FutureProducer,
     group_id: String,
     source_partitions: usize,
     repartition_partitions: i32,
     parts: HashMap<i32, Partition>,
     restored: HashSet<i32>,
-    in_flight: FuturesUnordered<Acked>,
     values: Vec<FeatureValue>,
     /// Cancelled at shutdown (stops a replay in progress).
     stop: CancellationToken,
@@ -149,93 +143,49 @@ pub(crate) async fn run(
 ) -> Result<(), KeyedError> {
     let cfg = state.config.clone();
     let topics = &cfg.kafka.topics;
-    let group_id = format!("{}{STATE_GROUP_SUFFIX}", cfg.worker.group_id);
+    let group_id = format!("{}{GROUP_SUFFIX}", cfg.worker.group_id);
     let source_partitions =
         usize::try_from(partition_count(&cfg.kafka, &topics.events).await?).unwrap_or(1);
     let repartition_partitions = partition_count(&cfg.kafka, &topics.repartition).await?;
-    let consumer = Arc::new(stage_consumer(
+    let input = KafkaInput::subscribe(
         &cfg.kafka,
         &group_id,
         &topics.repartition,
         false,
-        state.metrics.lag_reporter("state"),
-    )?);
+        STAGE,
+        state.metrics.lag_reporter(STAGE),
+    )?;
     let mut stage = StateStage {
         state,
-        consumer: consumer.clone(),
         producer,
         group_id,
         source_partitions,
         repartition_partitions,
         parts: HashMap::new(),
         restored: HashSet::new(),
-        in_flight: FuturesUnordered::new(),
         values: Vec::new(),
         stop: shutdown.clone(),
     };
-    stage.run(shutdown).await;
-    drop(stage);
-    riskstream_common::kafka::commit_and_close(consumer, super::CLOSE_TIMEOUT).await;
+    stage::run(input, &mut stage, Limits::of(&cfg.worker), &shutdown).await;
     Ok(())
 }
 
-impl StateStage {
-    async fn run(&mut self, shutdown: CancellationToken) {
-        let max_in_flight = self.state.config.worker.max_in_flight;
-        let consumer = self.consumer.clone();
-        loop {
-            self.handle_revocations();
-            let reading = self.in_flight.len() < max_in_flight;
-            let deadline = self
-                .parts
-                .values()
-                .filter_map(|p| p.reorder.next_deadline())
-                .min();
-            let wait_over = async move {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some((q, o)) = self.in_flight.next(), if !self.in_flight.is_empty() => self.acknowledged(q, o),
-                m = consumer.recv(), if reading => match m {
-                    Ok(m) => {
-                        // Revocations served inside this recv() precede the message.
-                        self.handle_revocations();
-                        self.on_message(&m).await
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consume error (state)");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = wait_over => self.release_due(Instant::now(), false),
+impl Stage for StateStage {
+    const NAME: &'static str = STAGE;
+
+    async fn on_record(&mut self, m: Record<'_>, out: &mut Outputs) {
+        let (q, offset) = (m.partition, m.offset);
+        if !self.restored.contains(&q) {
+            self.restore(q, offset).await;
+            if self.stop.is_cancelled() {
+                // The replay was cut short by shutdown: emit nothing from a partial state.
+                return;
             }
         }
-        // What still waits is processed now (its partials are produced and committed).
-        self.release_due(Instant::now(), true);
-        let deadline = Instant::now() + self.state.config.worker.shutdown_timeout;
-        while !self.in_flight.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.in_flight.next()).await {
-                Ok(Some((q, o))) => self.acknowledged(q, o),
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(in_flight = self.in_flight.len(), "state drain timed out");
-                    break;
-                }
-            }
-        }
+        self.apply(q, m.payload, offset, Some(out));
     }
 
-    fn handle_revocations(&mut self) {
-        let revoked = self.consumer.context().take_revoked();
-        if revoked.is_empty() {
-            return;
-        }
+    fn on_revoked(&mut self, revoked: &[i32]) {
         let n = self.repartition_partitions;
         let gone: HashSet<i32> = revoked.iter().copied().collect();
         for q in &gone {
@@ -252,8 +202,26 @@ impl StateStage {
         tracing::info!(partitions = ?revoked, dropped_keys = dropped, "state of revoked partitions dropped");
     }
 
+    fn wake_at(&self) -> Option<Instant> {
+        self.parts
+            .values()
+            .filter_map(|p| p.reorder.next_deadline())
+            .min()
+    }
+
+    async fn on_wake(&mut self, now: Instant, out: &mut Outputs) {
+        self.release_due(now, false, out);
+    }
+
+    fn drain(&mut self, out: &mut Outputs) {
+        // What still waits is processed now (its partials are produced and committed).
+        self.release_due(Instant::now(), true, out);
+    }
+}
+
+impl StateStage {
     /// Processes the envelopes whose reorder wait is over (`all`: every waiting one).
-    fn release_due(&mut self, now: Instant, all: bool) {
+    fn release_due(&mut self, now: Instant, all: bool, out: &mut Outputs) {
         let qs: Vec<i32> = self.parts.keys().copied().collect();
         for q in qs {
             let ready = match self.parts.get_mut(&q) {
@@ -262,7 +230,7 @@ impl StateStage {
                 None => continue,
             };
             for (item, _) in ready {
-                self.process(q, item, true);
+                self.process(q, item, Some(out));
             }
         }
     }
@@ -276,7 +244,6 @@ impl StateStage {
                 allowed_lateness_ms: 0,
                 reorder_wait: self.state.config.worker.reorder_wait,
             }),
-            tracker: OffsetTracker::default(),
         }
     }
 
@@ -295,7 +262,7 @@ impl StateStage {
             q,
             first_offset,
             &stop,
-            |m| self.apply(q, m.payload().unwrap_or_default(), m.offset(), false),
+            |m| self.apply(q, m.payload, m.offset, None),
         )
         .await;
         match replayed {
@@ -314,32 +281,16 @@ impl StateStage {
         self.restored.insert(q);
     }
 
-    async fn on_message(&mut self, m: &BorrowedMessage<'_>) {
-        let (q, offset) = (m.partition(), m.offset());
-        if !self.consumer.context().is_assigned(q) {
-            return;
-        }
-        if !self.restored.contains(&q) {
-            self.restore(q, offset).await;
-            if self.stop.is_cancelled() {
-                // The replay was cut short by shutdown: emit nothing from a partial state.
-                return;
-            }
-        }
-        if let Some(part) = self.parts.get_mut(&q) {
-            part.tracker.begin(offset);
-        }
-        self.apply(q, m.payload().unwrap_or_default(), offset, true);
-    }
-
-    /// Handles one repartition record; `live`: emit partials and track the offset (false while
-    /// restoring).
-    fn apply(&mut self, q: i32, payload: &[u8], offset: i64, live: bool) {
+    /// Handles one repartition record; with `out`, emits partials and settles the offset there
+    /// (`None` while restoring).
+    fn apply(&mut self, q: i32, payload: &[u8], offset: i64, mut out: Option<&mut Outputs>) {
         let record: RepartitionRecord = match serde_json::from_slice(payload) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(partition = q, offset, error = %e, "undecodable repartition record skipped");
-                self.done_now(q, offset, live);
+                if let Some(out) = out {
+                    out.done(q, offset);
+                }
                 return;
             }
         };
@@ -354,7 +305,9 @@ impl StateStage {
                 idle,
             } => {
                 part.watermark.observe(src_partition, watermark_ms, idle);
-                self.done_now(q, offset, live);
+                if let Some(out) = out.as_deref_mut() {
+                    out.done(q, offset);
+                }
             }
             RepartitionRecord::Event {
                 event,
@@ -372,20 +325,24 @@ impl StateStage {
                 };
                 match part.dedup.admit(src_partition, src_offset, group, item) {
                     Arrival::Fresh(item) => fresh = Some(item),
-                    Arrival::Duplicate => self.done_now(q, offset, live),
+                    Arrival::Duplicate => {
+                        if let Some(out) = out.as_deref_mut() {
+                            out.done(q, offset);
+                        }
+                    }
                 }
             }
         }
         let Some(item) = fresh else {
             return;
         };
-        if !live {
+        let Some(out) = out else {
             // Restoring: in partition order (the live reorder wait only ever swapped events
             // less than `reorder_wait` apart in arrival; the state it leaves is the same but
             // for the order of equal-time `last` entries).
-            self.process(q, item, false);
+            self.process(q, item, None);
             return;
-        }
+        };
         let now = Instant::now();
         let ready = match self.parts.get_mut(&q) {
             Some(part) => {
@@ -396,18 +353,12 @@ impl StateStage {
             None => Vec::new(),
         };
         for (item, _) in ready {
-            self.process(q, item, true);
-        }
-    }
-
-    fn done_now(&mut self, q: i32, offset: i64, live: bool) {
-        if live {
-            self.acknowledged(q, offset);
+            self.process(q, item, Some(&mut *out));
         }
     }
 
     /// Adds one envelope to its key's state and (live) emits the group's values.
-    fn process(&mut self, q: i32, item: Item, live: bool) {
+    fn process(&mut self, q: i32, item: Item, out: Option<&mut Outputs>) {
         let Item {
             event,
             group,
@@ -435,51 +386,21 @@ impl StateStage {
                 false
             }
         };
-        if !live {
+        let Some(out) = out else {
             return;
-        }
+        };
         let partial = ResultRecord::Partial {
             event_id: event.event_id,
             group,
             values: std::mem::take(&mut self.values),
             beyond_retention,
         };
-        let payload = serde_json::to_vec(&partial).unwrap_or_default();
-        let key = event.event_id.to_string();
-        let producer = self.producer.clone();
-        let topic = self.state.config.kafka.topics.feature_results.clone();
-        self.in_flight.push(Box::pin(async move {
-            send_with_retry(
-                &producer,
-                &topic,
-                Some(key.as_bytes()),
-                &payload,
-                OwnedHeaders::new(),
-            )
-            .await;
-            (q, offset)
-        }));
-    }
-
-    fn acknowledged(&mut self, q: i32, offset: i64) {
-        let Some(part) = self.parts.get_mut(&q) else {
-            return;
-        };
-        part.tracker.done(offset);
-        if let Some(next) = part.tracker.committable() {
-            let mut tpl = TopicPartitionList::new();
-            if tpl
-                .add_partition_offset(
-                    &self.state.config.kafka.topics.repartition,
-                    q,
-                    Offset::Offset(next),
-                )
-                .is_ok()
-                && let Err(e) = self.consumer.store_offsets(&tpl)
-            {
-                tracing::debug!(partition = q, error = %e, "store offset (state)");
-            }
-        }
+        let rec = OutRecord::new(
+            self.state.config.kafka.topics.feature_results.as_str(),
+            Some(event.event_id.to_string().into_bytes()),
+            serde_json::to_vec(&partial).unwrap_or_default(),
+        );
+        out.push(q, offset, produce(&self.producer, rec).acknowledged());
     }
 }
 

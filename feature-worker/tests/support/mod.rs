@@ -1,4 +1,6 @@
-//! Helpers shared by integration tests.
+//! Helpers shared by integration tests: the brute-force feature reference and the one worker
+//! harness.
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod worker;
