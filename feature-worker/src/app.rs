@@ -28,20 +28,21 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on flushing the producer at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Start-up and run-time failures of the worker.
+/// Start-up and run-time failures of the worker. A variant with a source does not repeat it in
+/// its message: print the chain (`{:#}` through anyhow) to see it.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("feature definitions: {}: {source}", path.display())]
+    #[error("feature definitions: {}", path.display())]
     Features {
         path: PathBuf,
         #[source]
         source: FeatureConfigError,
     },
-    #[error("scoring setup: {0}")]
+    #[error("scoring setup")]
     Scoring(#[from] ScoringSetupError),
     #[error("kafka client: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
         #[source]

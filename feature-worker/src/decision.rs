@@ -86,18 +86,16 @@ pub fn decide(
         outcome = decision.outcome.as_str(),
     );
     let out_trace = link_span(&produce_span, Some(&trace));
-    let sent = produce_span.in_scope(|| {
-        send_decision(
-            producer,
-            DecisionTopics {
-                decisions: &topics.decisions,
-                late: &topics.events_late,
-            },
-            &decision,
-            e.late_copy,
-            out_trace,
-        )
-    });
+    let sent = send_decision(
+        producer,
+        DecisionTopics {
+            decisions: &topics.decisions,
+            late: &topics.events_late,
+        },
+        &decision,
+        e.late_copy,
+        out_trace,
+    );
     tracing::Instrument::instrument(sent, produce_span)
 }
 

@@ -9,10 +9,11 @@ pub enum KeyedError {
     Kafka(#[from] KafkaError),
     #[error("topic {0} has no partitions")]
     NoPartitions(String),
-    #[error("{stage} task failed: {source}")]
+    /// A stage's task panicked or was cancelled (logged where it is caught, so the message
+    /// carries it).
+    #[error("{stage} task failed: {error}")]
     Task {
         stage: &'static str,
-        #[source]
-        source: tokio::task::JoinError,
+        error: tokio::task::JoinError,
     },
 }

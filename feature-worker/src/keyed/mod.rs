@@ -51,10 +51,7 @@ pub async fn run(
     for (name, handle) in [("route", route), ("state", st), ("join", join)] {
         let result = match handle.await {
             Ok(r) => r,
-            Err(source) => Err(KeyedError::Task {
-                stage: name,
-                source,
-            }),
+            Err(error) => Err(KeyedError::Task { stage: name, error }),
         };
         if let Err(e) = result {
             tracing::error!(stage = name, error = %e, "keyed stage failed");

@@ -38,9 +38,9 @@ pub async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, Ke
             })
     })
     .await
-    .map_err(|source| KeyedError::Task {
+    .map_err(|error| KeyedError::Task {
         stage: "metadata",
-        source,
+        error,
     })??;
     match i32::try_from(n) {
         Ok(n) if n > 0 => Ok(n),
