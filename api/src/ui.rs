@@ -235,13 +235,11 @@ fn attribute_text(v: &Value) -> String {
     }
 }
 
-fn waterfall(t: &TraceTree) -> Markup {
-    let mut rows = Vec::new();
-    flatten(&t.roots, 0, &mut rows);
+fn waterfall(t: &TraceTree, rows: &[(usize, &SpanNode)]) -> Markup {
     let total = t.duration_ns.max(1) as f64;
     html! {
         div.wf #waterfall {
-            @for (depth, s) in rows {
+            @for &(depth, s) in rows {
                 @let left = s.offset_ns as f64 / total * 100.0;
                 @let width = (s.duration_ns as f64 / total * 100.0).max(0.2);
                 div.row.span data-span-id=(s.span_id) data-service=(s.service) {
@@ -274,9 +272,7 @@ fn waterfall(t: &TraceTree) -> Markup {
 }
 
 /// The event ids named by the trace's spans, in span order, without repeats.
-fn event_ids(t: &TraceTree) -> Vec<String> {
-    let mut rows = Vec::new();
-    flatten(&t.roots, 0, &mut rows);
+fn event_ids(rows: &[(usize, &SpanNode)]) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     for (_, s) in rows {
         for a in &s.attributes {
@@ -310,8 +306,10 @@ async fn render_trace(state: &AppState, raw: &str) -> Result<Markup, ApiError> {
         return Err(ApiError::NotFound(format!("trace {id} not found")));
     }
     let t = tree(&id, &spans);
+    let mut rows = Vec::new();
+    flatten(&t.roots, 0, &mut rows);
     let mut decisions = Vec::new();
-    for event_id in event_ids(&t) {
+    for event_id in event_ids(&rows) {
         if let Some(row) = state.store.decision(&event_id).await? {
             decisions.extend(to_decisions(vec![row])?);
         }
@@ -327,7 +325,7 @@ async fn render_trace(state: &AppState, raw: &str) -> Result<Markup, ApiError> {
                 span { "services: "
                     @for s in &t.services { span.svc style={ "background:" (colour(s)) } { (s) } } }
             }
-            (waterfall(&t))
+            (waterfall(&t, &rows))
             h2 { "Decisions" }
             @if decisions.is_empty() { p.muted { "No decision recorded for this trace (yet)." } }
             @else {

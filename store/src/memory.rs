@@ -101,6 +101,28 @@ fn sorted(mut spans: Vec<SpanRow>) -> Vec<SpanRow> {
     spans
 }
 
+/// The decisions `keep` accepts, newest first by `time` (then by event id), `limit` of them.
+fn newest_decisions(
+    inner: &Inner,
+    keep: impl Fn(&DecisionRow) -> bool,
+    time: fn(&DecisionRow) -> i64,
+    limit: u32,
+) -> Vec<DecisionRow> {
+    let mut rows: Vec<DecisionRow> = inner
+        .decisions
+        .values()
+        .filter(|d| keep(d))
+        .cloned()
+        .collect();
+    rows.sort_by(|a, b| {
+        time(b)
+            .cmp(&time(a))
+            .then_with(|| a.event_id.cmp(&b.event_id))
+    });
+    rows.truncate(limit as usize);
+    rows
+}
+
 /// Most recent first, then by trace id; `limit` of them.
 fn newest(mut hits: Vec<TraceSummary>, limit: u32) -> Vec<TraceSummary> {
     hits.sort_by(|a, b| {
@@ -221,22 +243,15 @@ impl TraceStore for MemoryStore {
         to_ms: i64,
         limit: u32,
     ) -> Result<Vec<DecisionRow>, StoreError> {
-        let inner = self.lock();
-        let mut rows: Vec<DecisionRow> = inner
-            .decisions
-            .values()
-            .filter(|d| {
-                d.account_id == account_id && d.event_time_ms >= from_ms && d.event_time_ms < to_ms
-            })
-            .cloned()
-            .collect();
-        rows.sort_by(|a, b| {
-            b.event_time_ms
-                .cmp(&a.event_time_ms)
-                .then_with(|| a.event_id.cmp(&b.event_id))
-        });
-        rows.truncate(limit as usize);
-        Ok(rows)
+        let keep = |d: &DecisionRow| {
+            d.account_id == account_id && d.event_time_ms >= from_ms && d.event_time_ms < to_ms
+        };
+        Ok(newest_decisions(
+            &self.lock(),
+            keep,
+            |d| d.event_time_ms,
+            limit,
+        ))
     }
 
     async fn recent_decisions(
@@ -244,20 +259,13 @@ impl TraceStore for MemoryStore {
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<DecisionRow>, StoreError> {
-        let inner = self.lock();
-        let mut rows: Vec<DecisionRow> = inner
-            .decisions
-            .values()
-            .filter(|d| d.event_time_ms >= since_ms)
-            .cloned()
-            .collect();
-        rows.sort_by(|a, b| {
-            b.decided_at_ms
-                .cmp(&a.decided_at_ms)
-                .then_with(|| a.event_id.cmp(&b.event_id))
-        });
-        rows.truncate(limit as usize);
-        Ok(rows)
+        let keep = |d: &DecisionRow| d.event_time_ms >= since_ms;
+        Ok(newest_decisions(
+            &self.lock(),
+            keep,
+            |d| d.decided_at_ms,
+            limit,
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -326,30 +334,18 @@ mod tests {
         SpanRow {
             trace_id: trace.into(),
             span_id: id.into(),
-            parent_span_id: String::new(),
-            trace_state: String::new(),
             service_name: service.into(),
             span_name: name.into(),
             span_kind: 2,
             start_time_unix_nano: start,
             duration_ns: 10,
-            status_code: 0,
-            status_message: String::new(),
-            scope_name: String::new(),
-            scope_version: String::new(),
             resource_attr_keys: vec!["host".into()],
             resource_attr_values: vec!["a".into()],
             resource_attr_types: vec![0],
             span_attr_keys: vec!["k".into()],
             span_attr_values: vec![id.into()],
             span_attr_types: vec![0],
-            event_times_unix_nano: vec![],
-            event_names: vec![],
-            event_attributes: vec![],
-            link_trace_ids: vec![],
-            link_span_ids: vec![],
-            link_trace_states: vec![],
-            link_attributes: vec![],
+            ..SpanRow::default()
         }
     }
 

@@ -71,7 +71,7 @@ pub const MILLIS_PER_DAY: i64 = 86_400_000;
 
 /// One span. Ids are lowercase hex (32/16 digits); the parent id is empty for a root span.
 /// Event and link attributes are JSON objects (one string per event or link).
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct SpanRow {
     pub trace_id: String,
     pub span_id: String,

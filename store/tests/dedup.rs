@@ -14,30 +14,12 @@ fn span(trace: &str, id: &str, start: u64) -> SpanRow {
     SpanRow {
         trace_id: trace.into(),
         span_id: id.into(),
-        parent_span_id: String::new(),
-        trace_state: String::new(),
         service_name: "dedup".into(),
         span_name: "op".into(),
         span_kind: 2,
         start_time_unix_nano: start,
         duration_ns: 5,
-        status_code: 0,
-        status_message: String::new(),
-        scope_name: String::new(),
-        scope_version: String::new(),
-        resource_attr_keys: vec![],
-        resource_attr_values: vec![],
-        resource_attr_types: vec![],
-        span_attr_keys: vec![],
-        span_attr_values: vec![],
-        span_attr_types: vec![],
-        event_times_unix_nano: vec![],
-        event_names: vec![],
-        event_attributes: vec![],
-        link_trace_ids: vec![],
-        link_span_ids: vec![],
-        link_trace_states: vec![],
-        link_attributes: vec![],
+        ..SpanRow::default()
     }
 }
 

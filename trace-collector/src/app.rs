@@ -57,6 +57,15 @@ pub struct App {
     server_version: Option<ServerVersion>,
 }
 
+fn validate(config: &Config) -> Result<(), CollectorError> {
+    let problems = config.validate();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::new(problems).into())
+    }
+}
+
 async fn bind(addr: &str) -> Result<TcpListener, CollectorError> {
     TcpListener::bind(addr)
         .await
@@ -70,13 +79,10 @@ impl App {
     /// Validates the configuration, migrates the ClickHouse schema, binds the listeners and
     /// creates the writers and Kafka receivers.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<App, CollectorError> {
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(ConfigError::new(problems).into());
-        }
+        validate(&config)?;
         let store = ClickHouseStore::new(&config.clickhouse);
         let version = store.migrate(config.collector.retention).await?;
-        let mut app = Self::build_with_store(config, Arc::new(store), shutdown).await?;
+        let mut app = Self::assemble(config, Arc::new(store), shutdown).await?;
         app.server_version = Some(version);
         Ok(app)
     }
@@ -88,10 +94,16 @@ impl App {
         store: Arc<dyn TraceStore>,
         shutdown: CancellationToken,
     ) -> Result<App, CollectorError> {
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(ConfigError::new(problems).into());
-        }
+        validate(&config)?;
+        Self::assemble(config, store, shutdown).await
+    }
+
+    /// Listeners, writers and receivers of a validated configuration over `store`.
+    async fn assemble(
+        config: Config,
+        store: Arc<dyn TraceStore>,
+        shutdown: CancellationToken,
+    ) -> Result<App, CollectorError> {
         let c = &config.collector;
         let metrics = Metrics::new();
         let hard_stop = CancellationToken::new();
