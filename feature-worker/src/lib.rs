@@ -13,16 +13,19 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod decision;
-pub mod features;
 pub mod keyed;
 pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod record;
-pub mod scoring;
 pub mod stage;
 pub mod stream;
 pub mod worker;
+
+/// The feature core, its own crate (`features/`), under its old path.
+pub use riskstream_features as features;
+/// The scoring core, its own crate (`scoring/`), under its old path.
+pub use riskstream_scoring as scoring;
 
 pub use app::{App, WorkerError};
 pub use config::{Config, WorkerConfig, WorkerMode};

@@ -19,7 +19,7 @@
 use serde::Deserialize;
 
 use super::{InputSource, ModelError, ModelInput, ModelLoadError, ModelOutput, sigmoid};
-use crate::scoring::catalog::FeatureCatalog;
+use crate::catalog::FeatureCatalog;
 
 const OBJECTIVES: [&str; 2] = ["binary:logistic", "reg:logistic"];
 const BOOSTER_GBTREE: &str = "gbtree";

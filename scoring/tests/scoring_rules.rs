@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use riskstream_common::{Event, EventDecoder, FeatureValue, Outcome};
-use riskstream_feature_worker::scoring::rules::{ProblemKind, RuleInput};
-use riskstream_feature_worker::scoring::{FeatureCatalog, FeatureKind, RuleSet, RulesHandle};
+use riskstream_scoring::rules::{ProblemKind, RuleInput};
+use riskstream_scoring::{FeatureCatalog, FeatureKind, RuleSet, RulesHandle};
 use serde_json::json;
 
 fn catalog() -> FeatureCatalog {

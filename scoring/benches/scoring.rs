@@ -2,7 +2,7 @@
 //! configuration (6 CEL rules, the logistic champion, the 20-tree XGBoost challenger, the
 //! logistic shadow, the allow/block lists), on one thread; and its parts alone.
 //!
-//! Run: `cargo bench -p riskstream-feature-worker --bench scoring`
+//! Run: `cargo bench -p riskstream-scoring --bench scoring`
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -12,8 +12,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use riskstream_common::{Event, FeatureValue};
-use riskstream_feature_worker::scoring::rules::RuleInput;
-use riskstream_feature_worker::scoring::{
+use riskstream_scoring::rules::RuleInput;
+use riskstream_scoring::{
     DecideContext, FeatureCatalog, FeatureKind, ModelInput, Scorer, ScoringConfig,
 };
 use uuid::Uuid;

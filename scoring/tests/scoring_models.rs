@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use riskstream_common::{Event, EventDecoder, FeatureValue};
-use riskstream_feature_worker::scoring::models::logistic::{LogisticInput, LogisticSpec};
-use riskstream_feature_worker::scoring::models::{LogisticModel, XgboostModel};
-use riskstream_feature_worker::scoring::{FeatureCatalog, FeatureKind, ModelError, ModelInput};
+use riskstream_scoring::models::logistic::{LogisticInput, LogisticSpec};
+use riskstream_scoring::models::{LogisticModel, XgboostModel};
+use riskstream_scoring::{FeatureCatalog, FeatureKind, ModelError, ModelInput};
 use serde_json::{Value, json};
 
 const NOW_MS: i64 = 1_800_000_000_000;

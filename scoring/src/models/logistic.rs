@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{InputSource, ModelError, ModelInput, ModelLoadError, ModelOutput, sigmoid};
-use crate::scoring::catalog::FeatureCatalog;
+use crate::catalog::FeatureCatalog;
 
 /// One input of a logistic model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! shipped feature set (`config/features.toml`) on generated traffic (100k accounts, realistic
 //! key cardinalities), on one thread. Also prints the approximate bytes per key state.
 //!
-//! Run: `cargo bench -p riskstream-feature-worker --bench features`
+//! Run: `cargo bench -p riskstream-features --bench features`
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use riskstream_common::{Event, FeatureValue};
-use riskstream_feature_worker::features::{FeatureEngine, FeatureSet, StateConfig};
+use riskstream_features::{FeatureEngine, FeatureSet, StateConfig};
 use uuid::Uuid;
 
 /// Accounts (override with `FEATURES_BENCH_ACCOUNTS`); devices, ips and merchants scale along.

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use riskstream_common::{Decision, Event, EventDecoder, FeatureValue, Outcome};
-use riskstream_feature_worker::scoring::models::LogisticModel;
-use riskstream_feature_worker::scoring::models::logistic::{LogisticInput, LogisticSpec};
-use riskstream_feature_worker::scoring::{
+use riskstream_scoring::models::LogisticModel;
+use riskstream_scoring::models::logistic::{LogisticInput, LogisticSpec};
+use riskstream_scoring::{
     DecideContext, FeatureCatalog, FeatureKind, ListKind, ListUpdate, Lists, Model, ModelKind,
     ModelSet, Route, Router, RulesHandle, Scorer, ScoringConfig, Thresholds,
 };
