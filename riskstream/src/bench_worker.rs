@@ -23,6 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::shutdown::CancellationToken;
+use riskstream_common::telemetry::{self, TelemetryConfig, TelemetryGuard};
 use riskstream_feature_worker::{App, Config, WorkerConfig, WorkerMode};
 
 use crate::bench::{BenchBroker, Phase, histogram, print_phases};
@@ -56,6 +57,14 @@ pub struct WorkerBench {
     /// Directory with features.toml, rules.toml, models/ and lists/lists.csv.
     #[arg(long, default_value = "config")]
     pub config_dir: PathBuf,
+    /// Where the worker's spans go: `kafka` (as shipped: batched OTLP protobuf records to this
+    /// run's `otlp_spans` topic on the same broker) or `none` (tracing off: no subscriber).
+    #[arg(long, default_value = "kafka")]
+    pub traces: String,
+    /// Share of new traces sampled, as `telemetry.sampling_ratio` (generated events carry no
+    /// trace context, so every decision starts a trace).
+    #[arg(long, default_value_t = 1.0)]
+    pub sampling_ratio: f64,
 }
 
 const WARM_UP_EVENTS: usize = 2_000;
@@ -81,18 +90,21 @@ pub async fn run(a: WorkerBench) -> anyhow::Result<()> {
         .iter()
         .map(|m| (*m, Topics::with_suffix(&format!("benchw-{m:?}-{stamp}"))))
         .collect();
+    let spans_topics = Topics::with_suffix(&format!("benchw-spans-{stamp}"));
     let mut all: Vec<String> = raw_topics.all().iter().map(|s| s.to_string()).collect();
     for (_, t) in &mode_topics {
         all.extend(t.all().iter().map(|s| s.to_string()));
     }
+    all.push(spans_topics.otlp_spans.clone());
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let broker = BenchBroker::new(a.brokers.as_deref(), a.partitions, &all).await?;
     let base_kafka = KafkaConfig {
         linger: Duration::from_millis(a.linger_ms),
         ..broker.kafka(&Topics::default(), a.fetch_wait_ms)
     };
+    let telemetry = traces(&a, &base_kafka, &spans_topics)?;
     println!(
-        "bench worker: {} events per phase (+{WARM_UP_EVENTS} warm-up), {} partitions, {} worker(s), window {}, linger {} ms, fetch wait {} ms, session timeout {:?}, {}",
+        "bench worker: {} events per phase (+{WARM_UP_EVENTS} warm-up), {} partitions, {} worker(s), window {}, linger {} ms, fetch wait {} ms, session timeout {:?}, traces {}, {}",
         a.events,
         a.partitions,
         a.workers,
@@ -100,6 +112,10 @@ pub async fn run(a: WorkerBench) -> anyhow::Result<()> {
         a.linger_ms,
         base_kafka.fetch_wait_max.as_millis(),
         base_kafka.session_timeout,
+        match a.traces.as_str() {
+            "none" => "off".to_string(),
+            _ => format!("to kafka (sampling {})", a.sampling_ratio),
+        },
         broker.describe()
     );
     let total = WARM_UP_EVENTS + a.events;
@@ -142,8 +158,40 @@ pub async fn run(a: WorkerBench) -> anyhow::Result<()> {
         &raw,
         &phases,
     );
+    // Flush the last spans while the broker is still up.
+    drop(telemetry);
     drop(broker);
     Ok(())
+}
+
+/// Span export as a worker process has it (`--traces kafka`), or none at all.
+fn traces(
+    a: &WorkerBench,
+    kafka: &KafkaConfig,
+    spans_topics: &Topics,
+) -> anyhow::Result<Option<TelemetryGuard>> {
+    let exporter = match a.traces.as_str() {
+        "none" => return Ok(None),
+        "kafka" => telemetry::exporter::KAFKA,
+        other => anyhow::bail!("--traces must be kafka or none, not {other}"),
+    };
+    let cfg = TelemetryConfig {
+        log_level: "warn".into(),
+        traces_exporter: exporter.into(),
+        sampling_ratio: a.sampling_ratio,
+        ..TelemetryConfig::default()
+    };
+    let problems = cfg.validate();
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+    let kafka = KafkaConfig {
+        topics: spans_topics.clone(),
+        ..kafka.clone()
+    };
+    Ok(Some(telemetry::init(
+        &cfg,
+        "riskstream-worker",
+        Some(&kafka),
+    )))
 }
 
 fn generate(n: usize) -> (Vec<Input>, HashMap<String, usize>) {
