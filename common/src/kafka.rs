@@ -181,6 +181,14 @@ impl Default for KafkaConfig {
     }
 }
 
+/// Longest wait between reconnection attempts to a broker that is down (librdkafka's
+/// `reconnect.backoff.max.ms`, 10 s by default; the Java client's is 1 s). librdkafka checks the
+/// delivery timeouts of the records of a partition whose leader is down only when that broker's
+/// thread wakes for its next attempt, so this bounds how late a record past `message.timeout.ms`
+/// is reported failed (ingest's 503), and how long after a broker's return every client is
+/// connected again (docs/kafka.md, "Broker outages").
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 fn ms(d: Duration) -> String {
     d.as_millis().max(1).to_string()
 }
@@ -194,6 +202,7 @@ impl KafkaConfig {
             .set("socket.keepalive.enable", "true")
             // Small records must not wait for Nagle's algorithm (a decision is one record).
             .set("socket.nagle.disable", "true")
+            .set("reconnect.backoff.max.ms", ms(RECONNECT_BACKOFF_MAX))
             .set("log_level", "4");
         c
     }

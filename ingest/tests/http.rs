@@ -1,99 +1,17 @@
-//! ingest over HTTP against a real Kafka-protocol broker (librdkafka's mock cluster on real TCP
-//! ports): what is acknowledged is on the topic with the right key, value, partition and
-//! traceparent; bad input gets the documented 4xx; a stopped broker gets 503 and nothing claimed.
+//! ingest over HTTP against a real Apache Kafka broker: what is acknowledged is on the topic with
+//! the right key, value, partition and traceparent; bad input gets the documented 4xx; a stopped
+//! broker gets 503 and nothing claimed (broker trouble under load: tests/broker_outage.rs).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use riskstream_common::kafka::{KafkaConfig, Topics};
-use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::trace_context::TraceParent;
-use riskstream_ingest::{App, Config, IngestConfig};
+use riskstream_ingest::IngestConfig;
 use riskstream_testkit::kafka::{TestKafka, read_records};
 use serde_json::{Value, json};
 
-struct TestApp {
-    addr: SocketAddr,
-    kafka: KafkaConfig,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
-    http: reqwest::Client,
-}
+mod support;
 
-impl TestApp {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn post(
-        &self,
-        ctype: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let r = self
-            .http
-            .post(self.url("/v1/events"))
-            .header("content-type", ctype)
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let body = r.json::<Value>().await.unwrap_or(Value::Null);
-        (status, body, headers)
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-}
-
-async fn spawn_app(broker: &TestKafka, topics: &Topics, ingest: IngestConfig) -> TestApp {
-    let kafka = broker.kafka_config(topics);
-    let config = Config {
-        kafka: kafka.clone(),
-        ingest: IngestConfig {
-            listen: "127.0.0.1:0".into(),
-            ..ingest
-        },
-    };
-    let shutdown = CancellationToken::new();
-    let app = App::build(config, shutdown.clone())
-        .await
-        .expect("build ingest");
-    let addr = app.local_addr();
-    let handle = tokio::spawn(async move {
-        app.run_until_stopped().await.expect("ingest run");
-    });
-    TestApp {
-        addr,
-        kafka,
-        shutdown,
-        handle,
-        http: reqwest::Client::new(),
-    }
-}
-
-fn topics() -> Topics {
-    Topics::with_suffix(&riskstream_testkit::unique("ingest"))
-}
-
-fn event(account: &str, amount: f64) -> Value {
-    json!({
-        "event_time": riskstream_common::now_ms() - 1000,
-        "account_id": account, "card_id": format!("card-{account}"),
-        "amount": amount, "currency": "EUR", "country": "DE", "type": "payment",
-        "attributes": {"note": "hello"}
-    })
-}
+use support::{event, spawn_app, topics};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_are_on_the_topic_with_key_partition_and_traceparent() {
@@ -348,99 +266,6 @@ async fn shutdown_drains_and_stops_accepting() {
         .send()
         .await;
     assert!(after.is_err(), "no longer accepting connections");
-}
-
-/// The broker frozen (SIGSTOP) under load, then thawed: every request gets 202 or 503 (with
-/// `Retry-After`), at least one gets 503 while it is frozen, and every event answered 202 is on
-/// the topic exactly once (the idempotent producer retries without duplicating). A 503'd event
-/// may still land once the broker thaws: the caller retries it with the same event id, and
-/// consumers see at most that one extra copy (documented in docs/ingest.md).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_broker_under_load_gets_503s_and_every_202_is_on_the_topic_once() {
-    let topics = topics();
-    let broker = TestKafka::private_with_topics(2, &topics);
-    let app = spawn_app(
-        &broker,
-        &topics,
-        IngestConfig {
-            produce_timeout: Duration::from_millis(1000),
-            ..IngestConfig::default()
-        },
-    )
-    .await;
-    let app = std::sync::Arc::new(app);
-    let stop = CancellationToken::new();
-    let mut load = tokio::task::JoinSet::new();
-    for client in 0..4 {
-        let (app, stop) = (app.clone(), stop.clone());
-        load.spawn(async move {
-            let mut answers: Vec<(u16, Vec<String>)> = Vec::new();
-            let mut i = 0u64;
-            while !stop.is_cancelled() {
-                i += 1;
-                let body = json!([event(&format!("acc-{client}-{i}"), 1.0)]).to_string();
-                let (status, body, headers) = app.post("application/json", body).await;
-                if status == 503 {
-                    assert!(headers.contains_key("retry-after"), "{body}");
-                }
-                // 202: `{results}`; 503: `{code, message, data: {results}}`.
-                let results = if status == 202 {
-                    &body["results"]
-                } else {
-                    &body["data"]["results"]
-                };
-                let ids = results
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|r| r["status"] == "accepted")
-                    .filter_map(|r| r["event_id"].as_str().map(String::from))
-                    .collect();
-                answers.push((status, ids));
-            }
-            answers
-        });
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    broker.process().pause();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    broker.process().resume();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.cancel();
-    let mut answers = Vec::new();
-    while let Some(a) = load.join_next().await {
-        answers.extend(a.expect("load task"));
-    }
-    let statuses: std::collections::BTreeSet<u16> = answers.iter().map(|(s, _)| *s).collect();
-    assert!(
-        statuses.iter().all(|s| *s == 202 || *s == 503),
-        "only 202 or 503: {statuses:?}"
-    );
-    assert!(statuses.contains(&503), "the frozen broker was noticed");
-    let accepted: Vec<&String> = answers
-        .iter()
-        .filter(|(s, _)| *s == 202)
-        .flat_map(|(_, ids)| ids)
-        .collect();
-    assert!(accepted.len() > 100, "load ran: {}", accepted.len());
-    let records = read_records(
-        &app.kafka,
-        &topics.events,
-        answers.len(),
-        Duration::from_secs(10),
-    )
-    .await;
-    let mut copies: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for r in &records {
-        let id = r.json()["event_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        *copies.entry(id).or_default() += 1;
-    }
-    for id in &accepted {
-        assert_eq!(copies.get(*id), Some(&1), "event {id} answered 202");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ impl KafkaProcess {
             .prefix("riskstream-kafka-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
-        let bootstrap = run_script("start", state.path(), None);
+        let bootstrap = run_script(&["start"], state.path());
         let p = KafkaProcess {
             bootstrap,
             state,
@@ -86,7 +86,30 @@ impl KafkaProcess {
 
     /// Stops the broker (SIGTERM, then SIGKILL) and removes its data.
     pub fn stop(&self) {
-        run_script("stop", self.state.path(), None);
+        run_script(&["stop"], self.state.path());
+    }
+
+    /// Ends the broker process as `how` says and waits until it is gone, keeping its data,
+    /// ports and configuration for [`Self::restart`] (`scripts/kafka halt`).
+    pub fn halt(&self, how: Halt) {
+        let mut args = vec!["halt"];
+        if how == Halt::Kill {
+            args.push("--kill");
+        }
+        run_script(&args, self.state.path());
+    }
+
+    /// Starts a halted broker again: the same node on the same port with its data (topics,
+    /// records, committed offsets, producer state); returns once it answers metadata
+    /// (`scripts/kafka restart`). After [`Halt::Kill`] that takes a few seconds more: the
+    /// controller keeps the dead incarnation registered until `broker.session.timeout.ms`
+    /// (9 s) passes.
+    pub fn restart(&self) {
+        let bootstrap = run_script(&["restart"], self.state.path());
+        assert_eq!(
+            bootstrap, self.bootstrap,
+            "a restarted broker keeps its address"
+        );
     }
 
     /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
@@ -125,16 +148,23 @@ impl Drop for KafkaProcess {
     }
 }
 
-/// Runs `scripts/kafka CMD` for the instance in `state`; returns the bootstrap it printed.
-fn run_script(cmd: &str, state: &Path, port: Option<u16>) -> String {
+/// How [`KafkaProcess::halt`] ends the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// SIGTERM: a clean shutdown (logs flushed, leadership and the registration given up).
+    Term,
+    /// SIGKILL: a crash (the restart recovers its logs and waits out the old registration).
+    Kill,
+}
+
+/// Runs `scripts/kafka ARGS` for the instance in `state`; returns the bootstrap it printed.
+fn run_script(args: &[&str], state: &Path) -> String {
+    let cmd = args.join(" ");
     let mut c = Command::new(repo_root().join("scripts/kafka"));
-    c.arg(cmd)
+    c.args(args)
         .env("RISKSTREAM_KAFKA_STATE", state)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
-    if let Some(p) = port {
-        c.env("RISKSTREAM_KAFKA_PORT", p.to_string());
-    }
     let out = c
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/kafka {cmd}: {e}"));
@@ -365,4 +395,64 @@ pub async fn read_records(
         }
     }
     out
+}
+
+/// The high watermark (the next offset to be written) of every partition of `topic`.
+pub fn end_offsets(kafka: &KafkaConfig, topic: &str) -> BTreeMap<i32, i64> {
+    let client: BaseConsumer = kafka.client_config().create().expect("metadata client");
+    let md = client
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+    let partitions: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (_, high) = client
+                .fetch_watermarks(topic, p, ADMIN_TIMEOUT)
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+            (p, high)
+        })
+        .collect()
+}
+
+/// The offsets `group` committed on the partitions of `topic` (as the group coordinator has
+/// them; partitions without a commit are left out), read without joining the group.
+pub fn committed_offsets(kafka: &KafkaConfig, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = kafka
+        .consumer_config(group)
+        .create()
+        .expect("offsets client");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in end_offsets(kafka, topic).keys() {
+        tpl.add_partition(topic, *p);
+    }
+    consumer
+        .committed_offsets(tpl, ADMIN_TIMEOUT)
+        .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"))
+        .elements()
+        .iter()
+        .filter_map(|e| Some((e.partition(), e.offset().to_raw()?)))
+        .filter(|(_, o)| *o >= 0)
+        .collect()
+}
+
+/// Every record of `topic` written so far (up to the high watermarks when called), read by a
+/// fresh group; panics if they do not all arrive within `timeout`.
+pub async fn read_all(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Vec<Record> {
+    let (k, t) = (kafka.clone(), topic.to_string());
+    let n: i64 = tokio::task::spawn_blocking(move || end_offsets(&k, &t).values().sum())
+        .await
+        .expect("watermarks thread");
+    let n = usize::try_from(n).unwrap_or(0);
+    let records = read_records(kafka, topic, n, timeout).await;
+    assert!(
+        records.len() >= n,
+        "read {} of the {n} records of {topic} within {timeout:?}",
+        records.len()
+    );
+    records
 }
