@@ -131,7 +131,9 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Kafka `client.id` of every client (seen in broker logs and quotas).
     pub client_id: String,
-    /// How long the producer keeps trying to deliver one record before reporting failure.
+    /// How long the producer keeps trying to deliver one record before reporting failure; 0:
+    /// never (librdkafka re-sends it, in order, until Kafka acknowledges it). The worker's
+    /// producer always uses 0, ingest's uses `ingest.produce_timeout`.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
     /// How long the producer waits to batch records (`linger.ms`).
@@ -225,7 +227,10 @@ impl KafkaConfig {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", ms(self.message_timeout))
+            .set(
+                "message.timeout.ms",
+                self.message_timeout.as_millis().to_string(),
+            )
             .set("linger.ms", self.linger.as_millis().to_string())
             .set("compression.type", &self.compression)
             // The Java client's partitioner, so keys land where Kafka Streams and others expect.

@@ -1,6 +1,8 @@
 //! Consumer lag per stage, as `kafka-consumer-groups.sh` reports it: for every partition a
 //! consumer is assigned, the high watermark minus the committed (stored) offset, summed. Read
-//! from librdkafka's statistics (`statistics.interval.ms`), so it costs no extra requests.
+//! from librdkafka's statistics (`statistics.interval.ms`), so it costs no extra requests; or,
+//! for a consumer loop that is blocked (statistics arrive only while it polls), asked from the
+//! broker ([`committed_lag_from_broker`]).
 //! The gauge's only label is the stage (`local`, `route`, `state`, `join`, `spans`,
 //! `decisions`), never a topic or partition of a test's random name.
 
@@ -9,7 +11,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use rdkafka::ClientConfig;
 use rdkafka::Statistics;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 
 use crate::metrics::{Family, Gauge};
@@ -47,12 +49,37 @@ impl LagReporter {
     }
 
     pub fn report(&self, stats: &Statistics) {
+        self.set(committed_lag(stats));
+    }
+
+    /// Sets the stage's gauge to `lag` (from [`committed_lag_from_broker`]).
+    pub fn set(&self, lag: i64) {
         self.gauges
             .get_or_create(&StageLabel {
                 stage: self.stage.to_string(),
             })
-            .set(committed_lag(stats));
+            .set(lag);
     }
+}
+
+/// The same lag asked from the broker (committed offsets from the group coordinator, high
+/// watermarks from the leaders; a partition without a commit counts from its low watermark),
+/// for the partitions `consumer` is assigned. For a consumer whose loop is blocked: librdkafka
+/// hands statistics over only when the consumer is polled, so [`LagReporter::report`] stops
+/// while nothing polls. Blocking (network round trips, each bounded by `timeout`).
+pub fn committed_lag_from_broker<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    let assignment = consumer.assignment()?;
+    let committed = consumer.committed_offsets(assignment, timeout)?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let from = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(low);
+        lag += (high - from).max(0);
+    }
+    Ok(lag)
 }
 
 /// Messages behind the high watermark, from the committed offsets of the partitions this

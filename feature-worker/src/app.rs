@@ -96,7 +96,16 @@ impl App {
             )?),
             WorkerMode::Keyed => Reader::Keyed,
         };
-        let producer = config.kafka.producer()?;
+        // The stages' outputs never time out in the client: librdkafka re-sends them, in order,
+        // until acknowledged, however long the broker is away. A record failed on a timeout and
+        // re-sent by the stage would land after later ones, and the state stage takes an
+        // envelope older than the newest of its source for a duplicate: it would be dropped
+        // (docs/kafka.md, "Broker outages").
+        let producer = riskstream_common::kafka::KafkaConfig {
+            message_timeout: Duration::ZERO,
+            ..config.kafka.clone()
+        }
+        .producer()?;
         let listener = TcpListener::bind(&config.worker.listen)
             .await
             .map_err(|source| WorkerError::Bind {

@@ -5,14 +5,16 @@
 //! insert holding its rows succeeded, or after its unstorable spans reached the dead-letter
 //! topic. Acknowledgements are awaited in consumption order, so an offset is never stored
 //! ahead of an earlier record that is not stored yet. While the table queue is full the loop
-//! stops reading (backpressure).
+//! stops reading (backpressure); the lag gauge, fed by librdkafka's statistics only while the
+//! consumer is polled, is then asked from the broker every [`STATS_INTERVAL`] instead, so it
+//! shows the backlog growing rather than its value when the loop stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use riskstream_common::lag::{LagContext, LagReporter};
+use riskstream_common::lag::{LagContext, LagReporter, STATS_INTERVAL, committed_lag_from_broker};
 
 /// The receivers' consumer: lag reported from its statistics.
 type ReceiverConsumer = StreamConsumer<LagContext>;
@@ -185,6 +187,9 @@ pub enum Stream {
     Decisions,
 }
 
+/// Bound on each broker request of a lag query made while the loop is blocked.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Runs a Kafka receiver until `stop` is cancelled; then stops reading, waits for the queued
 /// rows' acknowledgements (bounded by the sink's hard stop) and stores their offsets.
 pub struct KafkaReceiver {
@@ -193,6 +198,7 @@ pub struct KafkaReceiver {
     stream: Stream,
     dead_letters: Option<DeadLetters>,
     metrics: Metrics,
+    lag: LagReporter,
 }
 
 impl KafkaReceiver {
@@ -220,11 +226,9 @@ impl KafkaReceiver {
         // A full queue pauses reading for as long as ClickHouse is down.
         config.set("max.poll.interval.ms", "86400000");
         LagReporter::enable(&mut config);
+        let lag = LagReporter::new(metrics.consumer_lag.clone(), stage);
         let consumer: ReceiverConsumer = config
-            .create_with_context(LagContext(LagReporter::new(
-                metrics.consumer_lag.clone(),
-                stage,
-            )))
+            .create_with_context(LagContext(lag.clone()))
             .map_err(KafkaReceiverError::Consumer)?;
         consumer
             .subscribe(&[topic.as_str()])
@@ -238,6 +242,7 @@ impl KafkaReceiver {
             stream,
             dead_letters,
             metrics,
+            lag,
         })
     }
 
@@ -268,6 +273,8 @@ impl KafkaReceiver {
             stop.clone(),
         ));
         tracing::info!(topic = %self.topic, stream = ?self.stream, "kafka receiver started");
+        let lag_check = tokio::time::sleep(STATS_INTERVAL);
+        tokio::pin!(lag_check);
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -281,13 +288,29 @@ impl KafkaReceiver {
                     continue;
                 }
             };
-            let Some(pending) = self
-                .handle(&message, &sink, decode, receiver_name, &stop)
-                .await
-            else {
-                break;
+            // The lag is asked from the broker only if handling this record blocks for a while
+            // (at least half a statistics interval; the check is pushed out as records flow).
+            let now = tokio::time::Instant::now();
+            if lag_check.deadline() < now + STATS_INTERVAL / 2 {
+                lag_check.as_mut().reset(now + STATS_INTERVAL);
+            }
+            let handled = async {
+                let pending = self
+                    .handle(&message, &sink, decode, receiver_name, &stop)
+                    .await?;
+                pending_tx.send(pending).await.ok()
             };
-            if pending_tx.send(pending).await.is_err() {
+            tokio::pin!(handled);
+            let handled = loop {
+                tokio::select! {
+                    h = &mut handled => break h,
+                    () = &mut lag_check => {
+                        self.report_lag_from_broker().await;
+                        lag_check.as_mut().reset(tokio::time::Instant::now() + STATS_INTERVAL);
+                    }
+                }
+            };
+            if handled.is_none() {
                 break;
             }
         }
@@ -298,6 +321,23 @@ impl KafkaReceiver {
             tracing::debug!(topic = %self.topic, error = %e, "final commit skipped");
         }
         tracing::info!(topic = %self.topic, "kafka receiver stopped");
+    }
+
+    /// Sets the lag gauge from the broker's figures (the loop is blocked, so librdkafka's
+    /// statistics wait in the unpolled consumer queue).
+    async fn report_lag_from_broker(&self) {
+        let consumer = self.consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || {
+            committed_lag_from_broker(&*consumer, LAG_QUERY_TIMEOUT)
+        })
+        .await;
+        match lag {
+            Ok(Ok(n)) => self.lag.set(n),
+            Ok(Err(e)) => {
+                tracing::debug!(topic = %self.topic, error = %e, "lag not available from the broker");
+            }
+            Err(e) => tracing::debug!(topic = %self.topic, error = %e, "lag query task"),
+        }
     }
 
     /// Decodes one record, dead-letters what cannot be stored and queues the rest. `None` when

@@ -667,7 +667,8 @@ fn committed_sum(h: &Harness, topic: &str) -> i64 {
 
 /// ClickHouse stopped for a minute under span and decision load: OTLP requests get 503 with
 /// `Retry-After` (never 2xx), the queue stays within its bound, the Kafka receivers stop
-/// committing (the group's committed offsets stay put) instead of buffering more, and once the server is back
+/// committing (the group's committed offsets stay put) instead of buffering more while the lag
+/// gauge shows the backlog, and once the server is back
 /// everything produced is stored, exactly once after the engine's merge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_stopped_mid_stream_loses_nothing_acknowledged() {
@@ -728,15 +729,25 @@ async fn clickhouse_stopped_mid_stream_loses_nothing_acknowledged() {
     assert!(resp.headers().contains_key("retry-after"));
     // Bounded memory, and backpressure by not committing: sampled through the outage.
     let metrics_url = h.url("/metrics");
-    let mut max_queued = 0.0f64;
+    let (mut max_queued, mut max_lag) = (0.0f64, 0.0f64);
     while outage_started.elapsed() < OUTAGE {
         for table in ["spans", "decisions"] {
             if let Some(q) = metric(&http, &metrics_url, "collector_queue_rows", table).await {
                 max_queued = max_queued.max(q);
             }
         }
+        let lag = "stage=\"spans\"";
+        if let Some(l) = metric(&http, &metrics_url, "collector_consumer_lag", lag).await {
+            max_lag = max_lag.max(l);
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // The receivers are blocked on the full queue all along: the lag gauge still follows the
+    // backlog (900 spans produced, at most 100 committed), not its value when they stopped.
+    assert!(
+        max_lag >= 800.0,
+        "the spans lag gauge showed at most {max_lag} during the outage"
+    );
     assert!(max_queued <= 200.0, "queue over its bound: {max_queued}");
     assert!(
         max_queued > 0.0,
