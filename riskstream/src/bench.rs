@@ -17,7 +17,7 @@ use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::shutdown::CancellationToken;
 
-use crate::cli::Failure;
+use crate::setup::Failure;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

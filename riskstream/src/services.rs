@@ -4,7 +4,7 @@
 use anyhow::Context;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 
-use crate::cli::{
+use crate::setup::{
     ClickHouseArgs, CollectorArgs, Failure, RootConfig, ServiceArgs, WorkerArgs, load_config,
     load_config_with, telemetry,
 };
@@ -131,7 +131,7 @@ pub async fn collector(args: CollectorArgs) -> Result<(), Failure> {
     }
     let cfg = load_config_with(&args.ch.service, Some("collector.listen"), extra)?;
     // The collector does not trace its own writes: logging only.
-    let _telemetry = crate::cli::logging_only(&cfg);
+    let _telemetry = crate::setup::logging_only(&cfg);
     require_tokens_file(&cfg)?;
     let t = &cfg.kafka.topics;
     let mut needed = vec![t.spans_dlq.as_str()];
