@@ -52,6 +52,15 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// Share of new traces sampled (0..=1); a caller's sampled flag is always followed.
     pub sampling_ratio: f64,
+    /// Spans buffered for export; a span finished while the buffer is full is dropped (the SDK
+    /// warns once and reports the count at shutdown). At the SDK's default (2,048) a worker
+    /// deciding 6k events/s dropped most of its spans.
+    pub span_queue_len: usize,
+    /// Most spans per export (one `otlp_spans` record or OTLP request).
+    pub span_batch_len: usize,
+    /// How often buffered spans are exported when fewer than `span_batch_len` are waiting.
+    #[serde(with = "humantime_serde")]
+    pub span_export_interval: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -62,6 +71,9 @@ impl Default for TelemetryConfig {
             traces_exporter: exporter::KAFKA.into(),
             otlp_endpoint: "http://127.0.0.1:4318/v1/traces".into(),
             sampling_ratio: 1.0,
+            span_queue_len: 65_536,
+            span_batch_len: 4_096,
+            span_export_interval: Duration::from_secs(1),
         }
     }
 }
@@ -95,7 +107,28 @@ impl TelemetryConfig {
                 self.sampling_ratio
             ));
         }
+        if self.span_queue_len == 0 || self.span_batch_len == 0 {
+            v.push("telemetry.span_queue_len and telemetry.span_batch_len must be at least 1".into());
+        }
+        if self.span_batch_len > self.span_queue_len {
+            v.push(format!(
+                "telemetry.span_batch_len ({}) must not exceed telemetry.span_queue_len ({})",
+                self.span_batch_len, self.span_queue_len
+            ));
+        }
+        if self.span_export_interval.is_zero() {
+            v.push("telemetry.span_export_interval must be more than 0".into());
+        }
         v
+    }
+
+    /// The span batching of this configuration (the demo exports more often).
+    fn batch_config(&self, export_interval: Option<Duration>) -> opentelemetry_sdk::trace::BatchConfig {
+        opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(self.span_queue_len)
+            .with_max_export_batch_size(self.span_batch_len.min(self.span_queue_len))
+            .with_scheduled_delay(export_interval.unwrap_or(self.span_export_interval))
+            .build()
     }
 }
 
@@ -235,20 +268,17 @@ fn build_provider(
         exporter::KAFKA => {
             let kafka = kafka?;
             match KafkaSpanExporter::new(kafka) {
-                Ok(e) => Some(match demo_export_delay {
-                    None => builder.with_batch_exporter(e).build(),
-                    Some(delay) => {
-                        let config = opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                            .with_scheduled_delay(delay)
-                            .build();
-                        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(
-                            e.with_services(DEMO_SERVICES),
-                        )
-                        .with_batch_config(config)
+                Ok(e) => {
+                    let e = if demo_export_delay.is_some() {
+                        e.with_services(DEMO_SERVICES)
+                    } else {
+                        e
+                    };
+                    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(e)
+                        .with_batch_config(cfg.batch_config(demo_export_delay))
                         .build();
-                        builder.with_span_processor(processor).build()
-                    }
-                }),
+                    Some(builder.with_span_processor(processor).build())
+                }
                 Err(e) => {
                     eprintln!("warning: span export to kafka disabled: {e}");
                     None
@@ -261,7 +291,12 @@ fn build_provider(
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
             use opentelemetry_otlp::WithExportConfig as _;
             match exporter.with_endpoint(cfg.otlp_endpoint.clone()).build() {
-                Ok(e) => Some(builder.with_batch_exporter(e).build()),
+                Ok(e) => {
+                    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(e)
+                        .with_batch_config(cfg.batch_config(demo_export_delay))
+                        .build();
+                    Some(builder.with_span_processor(processor).build())
+                }
                 Err(e) => {
                     eprintln!("warning: otlp span export disabled: {e}");
                     None
@@ -427,5 +462,36 @@ pub fn link_span(span: &tracing::Span, parent: Option<&TraceParent>) -> TracePar
             Some(p) => p.child(),
             None => TraceParent::new_root(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_span_buffer_holds_seconds_of_a_busy_worker_not_the_sdks_2048() {
+        let cfg = TelemetryConfig::default();
+        assert!(cfg.validate().is_empty());
+        // BatchConfig's fields are private: its Debug form is what can be read.
+        let batch = format!("{:?}", cfg.batch_config(None));
+        assert!(batch.contains("max_queue_size: 65536"), "{batch}");
+        assert!(batch.contains("max_export_batch_size: 4096"), "{batch}");
+        assert!(batch.contains("scheduled_delay: 1s"), "{batch}");
+        let demo = format!("{:?}", cfg.batch_config(Some(Duration::from_millis(300))));
+        assert!(demo.contains("scheduled_delay: 300ms"), "{demo}");
+    }
+
+    #[test]
+    fn a_span_batch_larger_than_the_buffer_or_a_zero_interval_is_refused_by_name() {
+        let cfg = TelemetryConfig {
+            span_queue_len: 100,
+            span_batch_len: 200,
+            span_export_interval: Duration::ZERO,
+            ..TelemetryConfig::default()
+        };
+        let problems = cfg.validate().join("\n");
+        assert!(problems.contains("telemetry.span_batch_len (200)"), "{problems}");
+        assert!(problems.contains("telemetry.span_export_interval"), "{problems}");
     }
 }
