@@ -29,6 +29,11 @@ pub mod topic {
     pub const REPARTITION: &str = "features.repartition";
     /// Per-event partial feature results, keyed by event id, gathered for scoring.
     pub const FEATURE_RESULTS: &str = "features.partial";
+    /// Window outputs: per (definition, entity key, window) aggregates at window close and
+    /// their late updates.
+    pub const WINDOW_OUTPUTS: &str = "window_outputs";
+    /// Events too late for a window output (every window of theirs already final).
+    pub const WINDOW_OUTPUTS_LATE: &str = "window_outputs.late";
 }
 
 /// Header names the pipeline reads and writes.
@@ -68,6 +73,10 @@ pub struct Topics {
     pub repartition: String,
     /// Per-event partial feature results, keyed by event id, gathered for scoring.
     pub feature_results: String,
+    /// Window outputs (keyed mode): one record per emission of a `[[window_output]]` window, keyed by entity key; a late update re-emits the window with a higher count.
+    pub window_outputs: String,
+    /// Events too late for a window output (all their windows final), keyed by entity key.
+    pub window_outputs_late: String,
 }
 
 impl Default for Topics {
@@ -83,6 +92,8 @@ impl Default for Topics {
             lists: topic::LISTS.into(),
             repartition: topic::REPARTITION.into(),
             feature_results: topic::FEATURE_RESULTS.into(),
+            window_outputs: topic::WINDOW_OUTPUTS.into(),
+            window_outputs_late: topic::WINDOW_OUTPUTS_LATE.into(),
         }
     }
 }
@@ -103,6 +114,8 @@ impl Topics {
             lists: s(d.lists),
             repartition: s(d.repartition),
             feature_results: s(d.feature_results),
+            window_outputs: s(d.window_outputs),
+            window_outputs_late: s(d.window_outputs_late),
         }
     }
 
@@ -119,6 +132,8 @@ impl Topics {
             &self.lists,
             &self.repartition,
             &self.feature_results,
+            &self.window_outputs,
+            &self.window_outputs_late,
         ]
     }
 }

@@ -22,16 +22,17 @@ use crate::kafka::{KafkaConfig, Topics};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Provision {
-    /// Partitions of the data topics (events, decisions, spans) and of the internal keyBy
-    /// topics: the most workers (per stage) that can share the load.
+    /// Partitions of the data topics (events, decisions, spans, window outputs) and of the
+    /// internal keyBy topics: the most workers (per stage) that can share the load.
     pub partitions: i32,
     /// Replication factor; `-1` takes the broker's `default.replication.factor`.
     pub replication_factor: i32,
-    /// Retention of events, decisions and spans.
+    /// Retention of events, decisions, spans and window outputs.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
     /// Retention of the internal keyBy topics (repartition, partials). Keyed state is rebuilt
-    /// from the repartition topic, so it must cover the longest window plus allowed lateness.
+    /// from the repartition topic, so it must cover the longest window plus allowed lateness
+    /// (of features and of window outputs).
     #[serde(with = "humantime_serde")]
     pub internal_retention: Duration,
     /// Retention of the dead-letter and late side outputs.
@@ -55,7 +56,8 @@ impl Default for Provision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TopicRole {
-    /// Events, decisions, spans: partitioned for parallelism, retained for replay.
+    /// Events, decisions, spans, window outputs: partitioned for parallelism, retained for
+    /// replay.
     Data,
     /// keyBy repartition and partial results: partitioned like data, shorter retention.
     Internal,
@@ -115,10 +117,12 @@ impl Topics {
             (&self.events, Data),
             (&self.decisions, Data),
             (&self.otlp_spans, Data),
+            (&self.window_outputs, Data),
             (&self.repartition, Internal),
             (&self.feature_results, Internal),
             (&self.events_dlq, SideOutput),
             (&self.events_late, SideOutput),
+            (&self.window_outputs_late, SideOutput),
             (&self.spans_dlq, SideOutput),
             (&self.rules, Control),
             (&self.lists, Control),
@@ -324,6 +328,10 @@ mod tests {
         assert_eq!(by(&t.events).partitions, 6);
         assert_eq!(by(&t.repartition).partitions, 6);
         assert_eq!(by(&t.events_dlq).partitions, 1);
+        assert_eq!(by(&t.window_outputs).partitions, 6);
+        assert_eq!(by(&t.window_outputs).role, TopicRole::Data);
+        assert_eq!(by(&t.window_outputs_late).partitions, 1);
+        assert_eq!(by(&t.window_outputs_late).role, TopicRole::SideOutput);
         assert_eq!(by(&t.rules).partitions, 1);
         assert_eq!(by(&t.rules).configs["retention.ms"], "-1");
         assert_eq!(

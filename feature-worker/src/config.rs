@@ -74,6 +74,8 @@ pub struct WorkerConfig {
     pub join_timeout: Duration,
     /// Keyed mode: most incomplete feature joins held (the oldest are given up beyond it).
     pub join_max_pending: u64,
+    /// Emit the `[[window_output]]` definitions of the features file (keyed mode: the windows stage, group `G.windows`). Local mode cannot compute them: set `false` there if the file defines any (start-up error otherwise).
+    pub window_outputs: bool,
     /// Bearer tokens and HTTP limits of the admin listener: the root `[auth]` and `[http]`
     /// sections, which the riskstream binary copies here (not a key of `[worker]`).
     /// Default: open.
@@ -100,6 +102,7 @@ impl Default for WorkerConfig {
             watermark_interval: Duration::from_millis(20),
             join_timeout: Duration::from_secs(120),
             join_max_pending: 1_000_000,
+            window_outputs: true,
             access: riskstream_auth::AccessConfig::default(),
         }
     }

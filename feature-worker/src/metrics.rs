@@ -30,6 +30,15 @@ pub struct CauseLabel {
     pub cause: String,
 }
 
+/// A window output's name (from the feature file: bounded) and what happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowOutputLabel {
+    pub output: String,
+    /// `emitted` (first emission of a window), `updated` (re-emission after a late event),
+    /// `too_late` (the event's windows were final: side output).
+    pub kind: String,
+}
+
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Arc<Registry>,
@@ -43,8 +52,12 @@ pub struct WorkerMetrics {
     pub state_bytes: Gauge,
     pub state_evictions: Family<CauseLabel, Counter>,
     seen_evictions: Arc<[AtomicU64; 3]>,
-    /// Committed lag of each stage's consumer (`local`, `route`, `state`, `join`).
+    /// Committed lag of each stage's consumer (`local`, `route`, `state`, `join`, `windows`).
     pub consumer_lag: riskstream_common::lag::LagGauges,
+    /// Window outputs: emissions, updates and too-late events per definition.
+    pub window_outputs: Family<WindowOutputLabel, Counter>,
+    /// Windows kept (not yet final) by the windows stage, over its partitions.
+    pub window_outputs_open: Gauge,
 }
 
 impl WorkerMetrics {
@@ -94,6 +107,18 @@ impl WorkerMetrics {
             "Messages behind the high watermark from the committed offsets, per stage's consumer",
             consumer_lag.clone(),
         );
+        let window_outputs = Family::<WindowOutputLabel, Counter>::default();
+        r.register(
+            "window_outputs",
+            "Window outputs by definition and kind: emitted (a window at its close), updated (re-emitted after a late event within the allowed lateness), too_late (every window of the event final; to the side output)",
+            window_outputs.clone(),
+        );
+        let window_outputs_open = Gauge::default();
+        r.register(
+            "window_outputs_open",
+            "Windows the windows stage keeps (not yet past their allowed lateness)",
+            window_outputs_open.clone(),
+        );
         Self {
             registry: Arc::new(r),
             events,
@@ -105,7 +130,22 @@ impl WorkerMetrics {
             state_evictions,
             seen_evictions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
             consumer_lag,
+            window_outputs,
+            window_outputs_open,
         }
+    }
+
+    /// One window-output emission or too-late event (`kind`: a fixed label).
+    pub fn window_output(&self, output: &str, kind: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.window_outputs
+            .get_or_create(&WindowOutputLabel {
+                output: output.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc_by(n);
     }
 
     pub fn event(&self, result: &str) {

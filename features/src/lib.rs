@@ -16,3 +16,4 @@ pub use config::{
 pub use engine::{FeatureEngine, StateConfig, StateStats, StateStatsSnapshot, retention_ms_of};
 pub use error::{FeatureConfigError, FeatureEngineError, FeatureProblem};
 pub use state::UpdateOutcome;
+pub use window_output::{WindowOutput, WindowOutputDef, WindowOutputSpec, WindowOutputs};

@@ -91,6 +91,9 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     ];
     if cfg.worker.mode == riskstream_feature_worker::WorkerMode::Keyed {
         needed.extend([t.repartition.as_str(), &t.feature_results]);
+        if cfg.worker.window_outputs {
+            needed.extend([t.window_outputs.as_str(), &t.window_outputs_late]);
+        }
     }
     require_topics(&cfg.kafka, &needed).await?;
     let shutdown = CancellationToken::new();
@@ -108,6 +111,9 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
             Failure::Usage(vec![format!("{}: {source}", path.display())])
         }
         riskstream_feature_worker::WorkerError::Scoring(e) => Failure::Usage(vec![e.to_string()]),
+        e @ riskstream_feature_worker::WorkerError::WindowOutputsInLocalMode { .. } => {
+            Failure::Usage(vec![e.to_string()])
+        }
         other => Failure::Runtime(anyhow::Error::new(other).context("starting the worker")),
     })?;
     println!("listening={}", app.local_addr());

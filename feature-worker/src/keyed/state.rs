@@ -24,6 +24,7 @@ use riskstream_common::{Event, FeatureValue};
 use super::error::KeyedError;
 use super::records::{RepartitionRecord, ResultRecord, repartition_of};
 use super::replay::{partition_count, replay};
+use super::watermark::{Arrival, Dedup, InputWatermark};
 use crate::output::{OutRecord, produce};
 use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage};
 use crate::stream::{ClockConfig, PartitionClock};
@@ -33,81 +34,6 @@ use crate::worker::WorkerState;
 pub const GROUP_SUFFIX: &str = ".state";
 /// The lag gauge's and the logs' name of the stage.
 pub const STAGE: &str = "state";
-
-/// The input watermark of one repartition partition: the minimum over the source partitions of
-/// the latest watermark each published; idle sources do not count until they publish again.
-#[derive(Debug, Clone)]
-pub struct InputWatermark {
-    /// Per source partition: highest watermark seen, idle flag.
-    marks: Vec<(i64, bool)>,
-}
-
-impl InputWatermark {
-    /// `sources`: the partition count of the events topic (every source must be heard from).
-    pub fn new(sources: usize) -> Self {
-        Self {
-            marks: vec![(i64::MIN, false); sources],
-        }
-    }
-
-    pub fn observe(&mut self, src_partition: i32, watermark_ms: i64, idle: bool) {
-        let Ok(i) = usize::try_from(src_partition) else {
-            return;
-        };
-        if i >= self.marks.len() {
-            // The events topic grew: the new source holds the watermark until heard from.
-            self.marks.resize(i + 1, (i64::MIN, false));
-        }
-        let m = &mut self.marks[i];
-        m.0 = m.0.max(watermark_ms);
-        m.1 = idle;
-    }
-
-    /// `i64::MIN` while a non-idle source was never heard from; `i64::MAX` when all are idle.
-    pub fn value_ms(&self) -> i64 {
-        self.marks
-            .iter()
-            .filter(|(_, idle)| !idle)
-            .map(|(w, _)| *w)
-            .min()
-            .unwrap_or(i64::MAX)
-    }
-}
-
-/// What [`Dedup::admit`] did with an envelope.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Arrival<T> {
-    /// Already received (a router re-sent it after a rebalance): ignore.
-    Duplicate,
-    /// New: process it now.
-    Fresh(T),
-}
-
-/// Duplicate detection of one repartition partition: per source partition, the highest
-/// (source offset, group) received.
-#[derive(Debug, Default)]
-pub struct Dedup {
-    received: HashMap<i32, (i64, u32)>,
-}
-
-impl Dedup {
-    pub fn admit<T>(
-        &mut self,
-        src_partition: i32,
-        src_offset: i64,
-        group: u32,
-        item: T,
-    ) -> Arrival<T> {
-        let pos = (src_offset, group);
-        match self.received.get(&src_partition) {
-            Some(&last) if pos <= last => Arrival::Duplicate,
-            _ => {
-                self.received.insert(src_partition, pos);
-                Arrival::Fresh(item)
-            }
-        }
-    }
-}
 
 /// One buffered envelope.
 struct Item {
@@ -401,50 +327,5 @@ impl StateStage {
             serde_json::to_vec(&partial).unwrap_or_default(),
         );
         out.push(q, offset, produce(&self.producer, rec).acknowledged());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn input_watermark_is_the_minimum_of_active_sources() {
-        let mut w = InputWatermark::new(3);
-        assert_eq!(w.value_ms(), i64::MIN, "nothing heard from any source");
-        w.observe(0, 100, false);
-        w.observe(1, 50, false);
-        assert_eq!(w.value_ms(), i64::MIN, "source 2 not heard from");
-        w.observe(2, 70, false);
-        assert_eq!(w.value_ms(), 50);
-        // A lower marker (a re-started router) never moves a source back.
-        w.observe(1, 10, false);
-        assert_eq!(w.value_ms(), 50);
-        w.observe(1, 50, true);
-        assert_eq!(w.value_ms(), 70, "idle source excluded");
-        w.observe(0, 100, true);
-        w.observe(2, 70, true);
-        assert_eq!(w.value_ms(), i64::MAX, "all idle: release everything");
-        w.observe(4, 5, false);
-        assert_eq!(
-            w.value_ms(),
-            i64::MIN,
-            "the events topic grew: source 3 unheard"
-        );
-        w.observe(3, 9, false);
-        assert_eq!(w.value_ms(), 5, "a new source partition counts");
-    }
-
-    #[test]
-    fn resent_envelopes_are_duplicates_and_everything_else_is_fresh() {
-        let mut d = Dedup::default();
-        assert_eq!(d.admit(1, 10, 0, 'a'), Arrival::Fresh('a'));
-        assert_eq!(d.admit(1, 10, 2, 'b'), Arrival::Fresh('b'));
-        // A new router replays offsets 10..: every copy is recognised.
-        assert_eq!(d.admit(1, 10, 0, 'x'), Arrival::Duplicate);
-        assert_eq!(d.admit(1, 10, 2, 'x'), Arrival::Duplicate);
-        // Another source's offsets are independent; event time plays no part.
-        assert_eq!(d.admit(2, 3, 0, 'c'), Arrival::Fresh('c'));
-        assert_eq!(d.admit(1, 11, 0, 'd'), Arrival::Fresh('d'));
     }
 }

@@ -3,7 +3,7 @@
 //! client errors, report consumer lag from the statistics) and [`KafkaInput`], the consumer as
 //! the runner's [`Input`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -157,11 +157,15 @@ impl Input for KafkaInput {
         self.consumer.context().is_assigned(partition)
     }
 
-    fn store_offsets(&self, next: &[(i32, i64)]) {
+    fn store_offsets(&self, next: &[(i32, i64)], checkpoints: &HashMap<i32, String>) {
         let mut tpl = TopicPartitionList::new();
         for &(p, o) in next {
-            if let Err(e) = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o)) {
-                tracing::debug!(partition = p, error = %e, "offset to store");
+            let mut e = tpl.add_partition(&self.topic, p);
+            if let Err(err) = e.set_offset(Offset::Offset(o)) {
+                tracing::debug!(partition = p, error = %err, "offset to store");
+            }
+            if let Some(m) = checkpoints.get(&p) {
+                e.set_metadata(m.as_str());
             }
         }
         if let Err(e) = self.consumer.store_offsets(&tpl) {
