@@ -29,6 +29,9 @@ pub mod topic {
     pub const REPARTITION: &str = "features.repartition";
     /// Per-event partial feature results, keyed by event id, gathered for scoring.
     pub const FEATURE_RESULTS: &str = "features.partial";
+    /// Keyed state changelog (compacted): the newest state per (feature group, entity key),
+    /// co-partitioned with the repartition topic; restored from on assignment.
+    pub const CHANGELOG: &str = "features.changelog";
 }
 
 /// Header names the pipeline reads and writes.
@@ -68,6 +71,9 @@ pub struct Topics {
     pub repartition: String,
     /// Per-event partial feature results, keyed by event id, gathered for scoring.
     pub feature_results: String,
+    /// Keyed state changelog (compacted, co-partitioned with `repartition`): the newest state
+    /// of every (feature group, entity key), restored from when a partition is assigned.
+    pub changelog: String,
 }
 
 impl Default for Topics {
@@ -83,6 +89,7 @@ impl Default for Topics {
             lists: topic::LISTS.into(),
             repartition: topic::REPARTITION.into(),
             feature_results: topic::FEATURE_RESULTS.into(),
+            changelog: topic::CHANGELOG.into(),
         }
     }
 }
@@ -103,6 +110,7 @@ impl Topics {
             lists: s(d.lists),
             repartition: s(d.repartition),
             feature_results: s(d.feature_results),
+            changelog: s(d.changelog),
         }
     }
 
@@ -119,6 +127,7 @@ impl Topics {
             &self.lists,
             &self.repartition,
             &self.feature_results,
+            &self.changelog,
         ]
     }
 }

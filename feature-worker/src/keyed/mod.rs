@@ -9,14 +9,16 @@
 //!    watermark markers to every repartition partition;
 //! 2. [`state`]: per repartition partition, processes envelopes on arrival (on time or late,
 //!    each into its own event-time buckets), updates the engine and emits one partial per
-//!    (event, group); on assignment it replays the partition below its committed offset to
-//!    rebuild the state exactly;
+//!    (event, group), and writes each updated key's state to the compacted changelog topic
+//!    before committing; on assignment it restores the partition's keys from the changelog
+//!    ([`changelog`]);
 //! 3. [`join`]: gathers base + partials per event id, scores and produces the decision.
 //!
 //! Each stage is a [`crate::stage::Stage`] run by the stage runner. This module only starts the
 //! three and stops them together; [`records`] owns the wire formats of the two internal topics
 //! and the partition function, [`replay`] the partition count and the replay reader.
 
+pub mod changelog;
 pub mod error;
 pub mod join;
 pub mod records;
