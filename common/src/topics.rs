@@ -281,11 +281,20 @@ pub async fn topic_config(
             brokers: kafka.brokers.clone(),
             source,
         })?;
-    let Some(Ok(resource)) = results.into_iter().next() else {
-        return Err(TopicError::Check {
-            brokers: kafka.brokers.clone(),
-            problems: vec![format!("topic `{topic}`: its configuration cannot be read")],
-        });
+    let resource = match results.into_iter().next() {
+        Some(Ok(resource)) => resource,
+        Some(Err(code)) => {
+            return Err(TopicError::Metadata {
+                brokers: kafka.brokers.clone(),
+                source: KafkaError::AdminOp(code),
+            });
+        }
+        None => {
+            return Err(TopicError::Metadata {
+                brokers: kafka.brokers.clone(),
+                source: KafkaError::AdminOpCreation(format!("no configuration of `{topic}`")),
+            });
+        }
     };
     Ok(resource.get(name).and_then(|e| e.value.clone()))
 }
