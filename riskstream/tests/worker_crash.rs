@@ -32,6 +32,7 @@ use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::{Event, FeatureValue};
 use riskstream_feature_worker::features::{FeatureEngine, FeatureSet, StateConfig};
+use riskstream_feature_worker::keyed::repartition_of;
 use riskstream_testkit::kafka::shared_bootstrap;
 use uuid::Uuid;
 
@@ -147,6 +148,27 @@ fn restores(log: &Path) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
+/// The state stage's first assignment in a worker's log, as a bit mask of partitions.
+fn state_partitions(log: &Path) -> u32 {
+    let Ok(f) = File::open(log) else {
+        return 0;
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|v| {
+            v["fields"]["message"] == "partitions assigned" && v["fields"]["stage"] == "state"
+        })
+        .and_then(|v| v["fields"]["partitions"].as_str().map(str::to_string))
+        .map_or(0, |list| {
+            list.trim_matches(['[', ']'])
+                .split(',')
+                .filter_map(|p| p.trim().parse::<u32>().ok())
+                .fold(0, |m, p| m | (1 << p))
+        })
+}
+
 /// Decisions the process at `admin` produced (its `/metrics`).
 async fn decisions_of(http: &reqwest::Client, admin: &str) -> u64 {
     let Ok(r) = http.get(format!("http://{admin}/metrics")).send().await else {
@@ -197,6 +219,8 @@ struct Seen {
     duplicates: usize,
     /// Smallest production index without a decision.
     prefix: usize,
+    /// Per event: when its first decision was read.
+    decided_at: Vec<Option<Instant>>,
     strays: usize,
 }
 
@@ -228,6 +252,7 @@ fn read_decisions(
                 }
                 None => {
                     s.first[i] = Some(features);
+                    s.decided_at[i] = Some(Instant::now());
                     s.decided += 1;
                     while s.prefix < s.first.len() && s.first[s.prefix].is_some() {
                         s.prefix += 1;
@@ -300,8 +325,26 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
 
     let seen = Arc::new(Mutex::new(Seen {
         first: vec![None; n],
+        decided_at: vec![None; n],
         ..Seen::default()
     }));
+    // Per event: the repartition (state) partitions its feature groups live on.
+    let needs: Vec<u32> = {
+        let set = FeatureSet::from_file(&features).expect("features");
+        events
+            .iter()
+            .map(|e| {
+                set.groups()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(gi, g)| {
+                        let key = g.key_of(e)?;
+                        Some(1u32 << repartition_of(gi as u32, &key, PARTITIONS))
+                    })
+                    .fold(0, |a, b| a | b)
+            })
+            .collect()
+    };
     let reader = read_decisions(&kafka, &topics.decisions, index, Arc::clone(&seen));
     let mut workers: Vec<Worker> = (0..WORKERS)
         .map(|w| start_worker(&env, dir.path(), &format!("w{w}"), 0))
@@ -428,8 +471,21 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
             .iter()
             .find(|(t, prefix)| *t >= r.restarted_at && *prefix >= r.backlog)
             .map(|(t, _)| *t - r.restarted_at);
+        // The first decision, after the restart, of an event that needed a state partition of
+        // the restarted worker (it could not be decided while that worker was down).
+        let mask = state_partitions(&r.log);
+        let first_new = {
+            let s = seen.lock().unwrap();
+            s.decided_at
+                .iter()
+                .zip(&needs)
+                .filter(|(_, need)| *need & mask != 0)
+                .filter_map(|(at, _)| at.filter(|t| *t >= r.restarted_at))
+                .min()
+                .map(|t| t - r.restarted_at)
+        };
         println!(
-            "kill {k} of {} at {} decisions: after the restart, first decision of the restarted process {:?}, every event produced before the restart ({}) decided {caught_up:?}; restores (keys, replayed, ms) {:?}",
+            "kill {k} of {} at {} decisions, restarted: first decision of the process after {:?}, first decision needing its state partitions ({mask:#06b}) after {first_new:?}, every event produced before the restart ({}) decided after {caught_up:?}; restores (keys, replayed, ms) {:?}",
             r.instance,
             r.at_decisions,
             r.first_decision,
@@ -437,7 +493,6 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
             restores(&r.log)
         );
     }
-
     let reference = reference.await.expect("reference");
     let s = seen.lock().unwrap();
     assert_eq!(s.strays, 0, "no decision for an event never produced");
