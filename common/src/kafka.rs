@@ -34,6 +34,9 @@ pub mod topic {
     pub const WINDOW_OUTPUTS: &str = "window_outputs";
     /// Events too late for a window output (every window of theirs already final).
     pub const WINDOW_OUTPUTS_LATE: &str = "window_outputs.late";
+    /// Keyed state changelog (compacted): the newest state per (feature group, entity key),
+    /// co-partitioned with the repartition topic; restored from on assignment.
+    pub const CHANGELOG: &str = "features.changelog";
 }
 
 /// Header names the pipeline reads and writes.
@@ -77,6 +80,9 @@ pub struct Topics {
     pub window_outputs: String,
     /// Events too late for a window output (all their windows final), keyed by entity key.
     pub window_outputs_late: String,
+    /// Keyed state changelog (compacted, co-partitioned with `repartition`): the newest state
+    /// of every (feature group, entity key), restored from when a partition is assigned.
+    pub changelog: String,
 }
 
 impl Default for Topics {
@@ -94,6 +100,7 @@ impl Default for Topics {
             feature_results: topic::FEATURE_RESULTS.into(),
             window_outputs: topic::WINDOW_OUTPUTS.into(),
             window_outputs_late: topic::WINDOW_OUTPUTS_LATE.into(),
+            changelog: topic::CHANGELOG.into(),
         }
     }
 }
@@ -116,6 +123,7 @@ impl Topics {
             feature_results: s(d.feature_results),
             window_outputs: s(d.window_outputs),
             window_outputs_late: s(d.window_outputs_late),
+            changelog: s(d.changelog),
         }
     }
 
@@ -134,6 +142,7 @@ impl Topics {
             &self.feature_results,
             &self.window_outputs,
             &self.window_outputs_late,
+            &self.changelog,
         ]
     }
 }

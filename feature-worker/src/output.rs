@@ -62,6 +62,8 @@ pub struct OutRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Option<OwnedHeaders>,
+    /// A null value (a tombstone on a compacted topic: the key is removed); `payload` unused.
+    pub tombstone: bool,
 }
 
 impl OutRecord {
@@ -72,11 +74,15 @@ impl OutRecord {
             key,
             payload,
             headers: None,
+            tombstone: false,
         }
     }
 
     fn try_enqueue(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&self.payload);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic);
+        if !self.tombstone {
+            record = record.payload(&self.payload);
+        }
         if let Some(k) = &self.key {
             record = record.key(k);
         }

@@ -90,7 +90,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         &t.otlp_spans,
     ];
     if cfg.worker.mode == riskstream_feature_worker::WorkerMode::Keyed {
-        needed.extend([t.repartition.as_str(), &t.feature_results]);
+        needed.extend([t.repartition.as_str(), &t.feature_results, &t.changelog]);
         if cfg.worker.window_outputs {
             needed.extend([t.window_outputs.as_str(), &t.window_outputs_late]);
         }

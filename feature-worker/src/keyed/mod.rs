@@ -9,8 +9,9 @@
 //!    watermark markers to every repartition partition;
 //! 2. [`state`]: per repartition partition, processes envelopes on arrival (on time or late,
 //!    each into its own event-time buckets), updates the engine and emits one partial per
-//!    (event, group); on assignment it replays the partition below its committed offset to
-//!    rebuild the state exactly;
+//!    (event, group), and writes each updated key's state to the compacted changelog topic
+//!    before committing; on assignment it restores the partition's keys from the changelog
+//!    ([`changelog`]);
 //! 3. [`join`]: gathers base + partials per event id, scores and produces the decision;
 //! 4. [`windows`] (when the feature file defines `[[window_output]]`s and
 //!    `worker.window_outputs` is on, group `G.windows`): per repartition partition, the window
@@ -22,6 +23,7 @@
 //! and the partition function, [`replay`] the partition count and the replay reader,
 //! [`watermark`] the input watermark and duplicate filter the state and windows stages keep.
 
+pub mod changelog;
 pub mod error;
 pub mod join;
 pub mod records;

@@ -8,27 +8,40 @@
 //! order of its source partition when all its events come from one, otherwise the order in
 //! which the routers' records landed (docs/features.md).
 //!
-//! Exactly-once state through rebalances: envelopes re-sent by a new router are recognised by
-//! their (source partition, source offset, group), which grows monotonically per source on one
-//! repartition partition; on assignment the partition is replayed from its beginning up to the
-//! first offset read (the committed one) in restore mode (state updated, nothing emitted), and on
-//! revocation the partition's keys are dropped.
+//! Exactly-once state through rebalances and crashes: every updated key's state goes to the
+//! changelog ([`super::changelog`]) at each flush, before the offsets it reflects are
+//! committed; on assignment the partition's keys are restored from the changelog partition
+//! (read to its end), then reading continues from the committed offset. Envelopes are
+//! recognised as already applied by their (source partition, source offset, group): per
+//! repartition partition for the copies a new router re-sends, per key (the positions the
+//! key's state carries, restored with it) for the envelopes after the committed offset that
+//! the previous owner had applied before it stopped. The repartition partition is replayed
+//! from its beginning (state updated, nothing emitted) only as a fallback: for groups whose
+//! changelog state was written for other definitions, or when the changelog partition was
+//! never written but the partition has committed progress (a worker of a version before the
+//! changelog). On revocation the partition's keys are dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureProducer;
 use riskstream_common::shutdown::CancellationToken;
+use riskstream_common::topics::{TopicError, require_compacted};
 use riskstream_common::{Event, FeatureValue};
 
+use super::changelog::{Batch, Fence, FlushTo, parse_key, read_to_end};
 use super::error::KeyedError;
 use super::records::{RepartitionRecord, ResultRecord, repartition_of};
 use super::replay::{partition_count, replay};
 use super::watermark::{Arrival, Dedup, InputWatermark};
 use crate::output::{OutRecord, produce};
-use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage};
+use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage, Ticker};
 use crate::stream::{ClockConfig, PartitionClock};
 use crate::worker::WorkerState;
+
+/// How long the start-up check of the changelog topic may take.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Suffix of the stage's consumer group (`{worker.group_id}.state`).
 pub const GROUP_SUFFIX: &str = ".state";
@@ -39,6 +52,10 @@ pub const STAGE: &str = "state";
 struct Item {
     event: Box<Event>,
     group: u32,
+    /// The entity key in its group (`None`: the event has none, or the group is unknown).
+    key: Option<String>,
+    /// Where it came from: (source partition, source offset).
+    src: (i32, i64),
     offset: i64,
 }
 
@@ -58,6 +75,14 @@ struct StateStage {
     parts: HashMap<i32, Partition>,
     restored: HashSet<i32>,
     values: Vec<FeatureValue>,
+    /// Per partition: what the next changelog flush writes and settles.
+    batches: HashMap<i32, Batch>,
+    fence: Arc<Fence>,
+    flush_tick: Ticker,
+    /// A partition's batch is flushed early once it holds this many records.
+    flush_max_records: usize,
+    /// Groups to rebuild by a replay of the partition (the fallback), while restoring.
+    replay_groups: Option<HashSet<u32>>,
     /// Cancelled at shutdown (stops a replay in progress).
     stop: CancellationToken,
 }
@@ -73,13 +98,31 @@ pub(crate) async fn run(
     let source_partitions =
         usize::try_from(partition_count(&cfg.kafka, &topics.events).await?).unwrap_or(1);
     let repartition_partitions = partition_count(&cfg.kafka, &topics.repartition).await?;
-    let input = KafkaInput::subscribe(
+    let changelog_partitions = partition_count(&cfg.kafka, &topics.changelog).await?;
+    if changelog_partitions != repartition_partitions {
+        return Err(KeyedError::Changelog(format!(
+            "topic `{}` has {changelog_partitions} partitions but `{}` has {repartition_partitions}: they must be equal",
+            topics.changelog, topics.repartition
+        )));
+    }
+    match require_compacted(&cfg.kafka, &topics.changelog, TOPIC_CHECK_TIMEOUT).await {
+        Ok(()) => {}
+        Err(e @ TopicError::Check { .. }) => return Err(KeyedError::Changelog(e.to_string())),
+        // The embedded mock broker has no DescribeConfigs (and no compaction).
+        Err(e) => {
+            tracing::warn!(topic = %topics.changelog, error = %e, "the changelog topic's cleanup policy cannot be read: compaction not verified")
+        }
+    }
+    state.engine.log_removals();
+    let fence = Arc::new(Fence::default());
+    let input = KafkaInput::subscribe_with(
         &cfg.kafka,
         &group_id,
         &topics.repartition,
         false,
         STAGE,
         state.metrics.lag_reporter(STAGE),
+        Some(fence.hook(producer.clone())),
     )?;
     let mut stage = StateStage {
         state,
@@ -90,6 +133,11 @@ pub(crate) async fn run(
         parts: HashMap::new(),
         restored: HashSet::new(),
         values: Vec::new(),
+        batches: HashMap::new(),
+        fence,
+        flush_tick: Ticker::new(cfg.worker.changelog_flush_interval),
+        flush_max_records: cfg.worker.max_in_flight.max(1),
+        replay_groups: None,
         stop: shutdown.clone(),
     };
     stage::run(input, &mut stage, Limits::of(&cfg.worker), &shutdown).await;
@@ -109,14 +157,25 @@ impl Stage for StateStage {
             }
         }
         self.apply(q, m.payload, offset, Some(out));
+        // Under a backlog a record is always ready and the runner's timer waits: the flush is
+        // checked here too.
+        let now = Instant::now();
+        if now >= self.flush_tick.due_at() {
+            self.flush_tick.fired(now);
+            self.flush_all(out);
+        }
     }
 
     fn on_revoked(&mut self, revoked: &[i32]) {
         let n = self.repartition_partitions;
         let gone: HashSet<i32> = revoked.iter().copied().collect();
+        // Their changelog is written by the next owner from now on (the revocation hook
+        // fenced this stage's flushes of them).
+        self.fence.revoke(revoked);
         for q in &gone {
             self.parts.remove(q);
             self.restored.remove(q);
+            self.batches.remove(q);
         }
         let dropped = self.state.engine.drop_keys(|gi, key| {
             gone.contains(&repartition_of(
@@ -129,19 +188,27 @@ impl Stage for StateStage {
     }
 
     fn wake_at(&self) -> Option<Instant> {
-        self.parts
+        let reorder = self
+            .parts
             .values()
             .filter_map(|p| p.reorder.next_deadline())
-            .min()
+            .min();
+        let flush = self.flush_tick.due_at();
+        Some(reorder.map_or(flush, |r| r.min(flush)))
     }
 
     async fn on_wake(&mut self, now: Instant, out: &mut Outputs) {
         self.release_due(now, false, out);
+        if now >= self.flush_tick.due_at() {
+            self.flush_tick.fired(now);
+            self.flush_all(out);
+        }
     }
 
     fn drain(&mut self, out: &mut Outputs) {
         // What still waits is processed now (its partials are produced and committed).
         self.release_due(Instant::now(), true, out);
+        self.flush_all(out);
     }
 }
 
@@ -173,38 +240,148 @@ impl StateStage {
         }
     }
 
-    /// Rebuilds the state of `q` from its records before `first_offset` (nothing emitted).
+    /// Restores the keys of `q` from its changelog partition; replays the partition's records
+    /// before `first_offset` for what the changelog cannot give (nothing emitted).
     async fn restore(&mut self, q: i32, first_offset: i64) {
         let part = self.new_partition();
         self.parts.insert(q, part);
-        let kafka = self.state.config.kafka.clone();
-        let group_id = self.group_id.clone();
+        self.fence.claim(q);
         let started = Instant::now();
+        let kafka = self.state.config.kafka.clone();
         let stop = self.stop.clone();
-        let replayed = replay(
+        let (keys, end) = match read_to_end(
             &kafka,
-            &group_id,
-            &kafka.topics.repartition,
+            &self.group_id,
+            &kafka.topics.changelog,
             q,
-            first_offset,
             &stop,
-            |m| self.apply(q, m.payload, m.offset, None),
         )
-        .await;
-        match replayed {
-            Ok(n) => tracing::info!(
-                partition = q,
-                first_offset,
-                replayed = n,
-                keys = self.state.engine.entry_count(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "feature state restored"
-            ),
+        .await
+        {
+            Ok(read) => read,
             Err(e) => {
-                tracing::error!(partition = q, error = %e, "feature state replay failed")
+                // Nothing restored: the fallback below rebuilds every group.
+                tracing::error!(partition = q, error = %e, "changelog read failed; replaying the partition");
+                (HashMap::new(), 0)
+            }
+        };
+        let engine = &self.state.engine;
+        let (mut restored, mut unreadable) = (0u64, 0u64);
+        let mut stale: HashSet<u32> = HashSet::new();
+        for (k, v) in &keys {
+            let (Some((group, key)), Some(bytes)) = (parse_key(k), v) else {
+                continue;
+            };
+            match engine.import_key(group as usize, key, bytes) {
+                Ok(()) => restored += 1,
+                Err(crate::features::FeatureEngineError::Import {
+                    source: crate::features::ImportError::Incompatible { .. },
+                    ..
+                }) => {
+                    stale.insert(group);
+                }
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::error!(partition = q, group, key, error = %e, "changelog state unreadable: the key restarts empty");
+                }
             }
         }
+        let restore_ms = started.elapsed().as_millis() as u64;
+        // The fallback: groups of other definitions, or a changelog never written although
+        // the partition has committed progress.
+        let groups = if end == 0 && first_offset > 0 {
+            Some(HashSet::new())
+        } else if !stale.is_empty() {
+            Some(stale)
+        } else {
+            None
+        };
+        let mut replayed = 0;
+        if let Some(groups) = groups {
+            tracing::warn!(partition = q, first_offset, changelog_end = end, groups = ?groups, "replaying the repartition partition (empty: every group) for state the changelog does not have");
+            // Stale groups' keys restart from the replay.
+            if !groups.is_empty() {
+                let n = self.repartition_partitions;
+                engine.drop_keys(|gi, key| {
+                    let g = u32::try_from(gi).unwrap_or(u32::MAX);
+                    groups.contains(&g) && repartition_of(g, key, n) == q
+                });
+            }
+            self.replay_groups = Some(groups);
+            let topic = kafka.topics.repartition.clone();
+            let group_id = self.group_id.clone();
+            let result = replay(&kafka, &group_id, &topic, q, first_offset, &stop, |m| {
+                self.apply(q, m.payload, m.offset, None)
+            })
+            .await;
+            self.replay_groups = None;
+            match result {
+                Ok(n) => replayed = n,
+                Err(e) => tracing::error!(partition = q, error = %e, "feature state replay failed"),
+            }
+        }
+        tracing::info!(
+            partition = q,
+            first_offset,
+            changelog_records = keys.len(),
+            changelog_end = end,
+            restored_keys = restored,
+            unreadable_keys = unreadable,
+            replayed,
+            restore_ms,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "feature state restored"
+        );
         self.restored.insert(q);
+    }
+
+    /// Writes the changelog of every partition with updated keys (and tombstones for keys
+    /// the cache dropped on its own), settling their records once acknowledged.
+    fn flush_all(&mut self, out: &mut Outputs) {
+        let n = self.repartition_partitions;
+        for (group, key) in self.state.engine.take_removed() {
+            let q = repartition_of(group, &key, n);
+            if self.parts.contains_key(&q) {
+                self.batches.entry(q).or_default().touch(group, &key);
+            }
+        }
+        let qs: Vec<i32> = self.batches.keys().copied().collect();
+        for q in qs {
+            self.flush(q, out);
+        }
+    }
+
+    /// Writes the changelog of the keys `q` updated since its last flush (their state now,
+    /// envelopes still in the reorder wait marked as not applied).
+    fn flush(&mut self, q: i32, out: &mut Outputs) {
+        let Some(batch) = self.batches.get_mut(&q) else {
+            return;
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let mut waiting: HashMap<(u32, &str), Vec<(i32, i64)>> = HashMap::new();
+        if let Some(part) = self.parts.get(&q) {
+            for item in part.reorder.waiting() {
+                if let Some(key) = &item.key {
+                    waiting.entry((item.group, key)).or_default().push(item.src);
+                }
+            }
+        }
+        let engine = &self.state.engine;
+        let (settled, written) = batch.flush(
+            FlushTo {
+                producer: &self.producer,
+                topic: &self.state.config.kafka.topics.changelog,
+                partition: q,
+                fence: &self.fence,
+            },
+            |group, key| {
+                let w = waiting.get(&(group, key)).cloned().unwrap_or_default();
+                engine.export_key(group as usize, key, w).ok().flatten()
+            },
+        );
+        out.push_settling(settled, written);
     }
 
     /// Handles one repartition record; with `out`, emits partials and settles the offset there
@@ -244,12 +421,37 @@ impl StateStage {
                 ..
             } => {
                 part.watermark.observe(src_partition, watermark_ms, false);
+                let replaying_other = self
+                    .replay_groups
+                    .as_ref()
+                    .is_some_and(|gs| !gs.is_empty() && !gs.contains(&group));
+                let engine = &self.state.engine;
+                let gi = usize::try_from(group).unwrap_or(usize::MAX);
+                let key = engine
+                    .feature_set()
+                    .groups()
+                    .get(gi)
+                    .and_then(|g| g.key_of(&event));
                 let item = Item {
                     event,
                     group,
+                    key,
+                    src: (src_partition, src_offset),
                     offset,
                 };
-                match part.dedup.admit(src_partition, src_offset, group, item) {
+                let arrival = match part.dedup.admit(src_partition, src_offset, group, item) {
+                    // Applied before the key's state was restored (by the previous owner).
+                    Arrival::Fresh(item)
+                        if replaying_other
+                            || item.key.as_deref().is_some_and(|k| {
+                                !engine.admit(gi, k, src_partition, src_offset)
+                            }) =>
+                    {
+                        Arrival::Duplicate
+                    }
+                    other => other,
+                };
+                match arrival {
                     Arrival::Fresh(item) => fresh = Some(item),
                     Arrival::Duplicate => {
                         if let Some(out) = out.as_deref_mut() {
@@ -283,23 +485,21 @@ impl StateStage {
         }
     }
 
-    /// Adds one envelope to its key's state and (live) emits the group's values.
+    /// Adds one envelope to its key's state (recording where it came from) and, live, emits
+    /// the group's values; the record is settled by the partition's next changelog flush.
     fn process(&mut self, q: i32, item: Item, out: Option<&mut Outputs>) {
         let Item {
             event,
             group,
+            key,
+            src,
             offset,
         } = item;
         let gi = usize::try_from(group).unwrap_or(usize::MAX);
         let engine = &self.state.engine;
         self.values.clear();
-        let key = engine
-            .feature_set()
-            .groups()
-            .get(gi)
-            .and_then(|g| g.key_of(&event));
         let result = match &key {
-            Some(key) => engine.process_into(gi, key, &event, &mut self.values),
+            Some(key) => engine.process_at_into(gi, key, &event, Some(src), &mut self.values),
             None => engine
                 .empty_values_into(gi, &mut self.values)
                 .map(|()| Default::default()),
@@ -312,6 +512,10 @@ impl StateStage {
                 false
             }
         };
+        let batch = self.batches.entry(q).or_default();
+        if let Some(key) = &key {
+            batch.touch(group, key);
+        }
         let Some(out) = out else {
             return;
         };
@@ -326,6 +530,13 @@ impl StateStage {
             Some(event.event_id.to_string().into_bytes()),
             serde_json::to_vec(&partial).unwrap_or_default(),
         );
-        out.push(q, offset, produce(&self.producer, rec).acknowledged());
+        batch.push(
+            q,
+            offset,
+            Box::pin(produce(&self.producer, rec).acknowledged()),
+        );
+        if batch.len() >= self.flush_max_records {
+            self.flush(q, out);
+        }
     }
 }

@@ -22,6 +22,11 @@ use crate::record::Record;
 /// Bound on committing and closing a stage's consumer at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Runs inside a revocation, on the consumer's thread, before the partitions move to another
+/// member: a stage that writes on behalf of its partitions (the state stage's changelog)
+/// fences those writes and flushes what is on its way here.
+pub type RevokeHook = Box<dyn Fn(&[i32]) + Send + Sync>;
+
 /// Partition assignment as the rebalance callbacks see it, handled by the stage runner.
 pub struct StageContext {
     /// The stage's name in logs (`local`, `route`, `state`, `join`).
@@ -29,6 +34,7 @@ pub struct StageContext {
     assigned: Mutex<HashSet<i32>>,
     revoked: Mutex<Vec<i32>>,
     lag: LagReporter,
+    on_revoke: Option<RevokeHook>,
 }
 
 impl StageContext {
@@ -38,6 +44,7 @@ impl StageContext {
             assigned: Mutex::default(),
             revoked: Mutex::default(),
             lag,
+            on_revoke: None,
         }
     }
 
@@ -75,12 +82,15 @@ impl ConsumerContext for StageContext {
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            if let Some(hook) = &self.on_revoke {
+                hook(&parts);
+            }
             // Commit what is done before the partitions move; what is not done is read (and,
             // in keyed mode, restored) again by the next owner (at-least-once).
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "commit on revoke");
             }
-            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(stage = self.stage, partitions = ?parts, "partitions revoked");
             let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
             for p in &parts {
@@ -124,12 +134,29 @@ impl KafkaInput {
         stage: &'static str,
         lag: LagReporter,
     ) -> Result<Self, KafkaError> {
+        Self::subscribe_with(kafka, group_id, topic, partition_eof, stage, lag, None)
+    }
+
+    /// [`KafkaInput::subscribe`] with a hook run inside every revocation.
+    pub fn subscribe_with(
+        kafka: &KafkaConfig,
+        group_id: &str,
+        topic: &str,
+        partition_eof: bool,
+        stage: &'static str,
+        lag: LagReporter,
+        on_revoke: Option<RevokeHook>,
+    ) -> Result<Self, KafkaError> {
         let mut cfg = kafka.consumer_config(group_id);
         if partition_eof {
             cfg.set("enable.partition.eof", "true");
         }
         LagReporter::enable(&mut cfg);
-        let consumer: StageConsumer = cfg.create_with_context(StageContext::new(stage, lag))?;
+        let context = StageContext {
+            on_revoke,
+            ..StageContext::new(stage, lag)
+        };
+        let consumer: StageConsumer = cfg.create_with_context(context)?;
         consumer.subscribe(&[topic])?;
         Ok(Self {
             consumer: Arc::new(consumer),
