@@ -108,7 +108,9 @@ impl TelemetryConfig {
             ));
         }
         if self.span_queue_len == 0 || self.span_batch_len == 0 {
-            v.push("telemetry.span_queue_len and telemetry.span_batch_len must be at least 1".into());
+            v.push(
+                "telemetry.span_queue_len and telemetry.span_batch_len must be at least 1".into(),
+            );
         }
         if self.span_batch_len > self.span_queue_len {
             v.push(format!(
@@ -123,7 +125,10 @@ impl TelemetryConfig {
     }
 
     /// The span batching of this configuration (the demo exports more often).
-    fn batch_config(&self, export_interval: Option<Duration>) -> opentelemetry_sdk::trace::BatchConfig {
+    fn batch_config(
+        &self,
+        export_interval: Option<Duration>,
+    ) -> opentelemetry_sdk::trace::BatchConfig {
         opentelemetry_sdk::trace::BatchConfigBuilder::default()
             .with_max_queue_size(self.span_queue_len)
             .with_max_export_batch_size(self.span_batch_len.min(self.span_queue_len))
@@ -491,7 +496,13 @@ mod tests {
             ..TelemetryConfig::default()
         };
         let problems = cfg.validate().join("\n");
-        assert!(problems.contains("telemetry.span_batch_len (200)"), "{problems}");
-        assert!(problems.contains("telemetry.span_export_interval"), "{problems}");
+        assert!(
+            problems.contains("telemetry.span_batch_len (200)"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("telemetry.span_export_interval"),
+            "{problems}"
+        );
     }
 }
