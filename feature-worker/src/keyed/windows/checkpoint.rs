@@ -95,6 +95,8 @@ pub struct Progress {
     candidates: VecDeque<Candidate>,
     /// The bound of the newest candidate (proposals only move it forward).
     proposed: Option<i64>,
+    /// A proposal was taken: the partition has a checkpoint, stored with every later offset.
+    checkpointed: bool,
 }
 
 impl Progress {
@@ -112,9 +114,11 @@ impl Progress {
     /// as it is read. Only a window's first record must wait until the window is purged; any
     /// other may go at once while an earlier record is held, since that one keeps the commit
     /// before both (the commit then moves only when a proposal settles records). So only
-    /// windows' first records are held, not every record of their span.
+    /// windows' first records are held, not every record of their span. Not before the first
+    /// proposal was taken: the runner stores the (unchanged) offset on every settled record,
+    /// and before a checkpoint is set that store would go without one.
     pub fn settles_at_once(&self, offset: i64, opened: bool) -> bool {
-        !opened && self.held.front().is_some_and(|&h| h < offset)
+        self.checkpointed && !opened && self.held.front().is_some_and(|&h| h < offset)
     }
 
     /// Whether, after record `x`, a commit up to `bound` (the oldest position still counted in
@@ -144,6 +148,7 @@ impl Progress {
             newest = self.candidates.pop_front();
         }
         let c = newest?;
+        self.checkpointed = true;
         let mut records = Vec::new();
         while let Some(&o) = self.held.front() {
             if o >= c.bound {
@@ -200,13 +205,17 @@ mod tests {
             "nothing held: it holds the commit itself"
         );
         p.read(5);
-        assert!(p.settles_at_once(6, false));
+        assert!(!p.settles_at_once(6, false), "no checkpoint yet");
+        p.read(6);
+        p.propose(6, 6, None);
+        assert_eq!(p.take_ready(None).map(|r| r.records), Some(vec![5]));
+        assert!(p.settles_at_once(7, false));
         assert!(!p.settles_at_once(7, true), "a window's first record waits");
         p.read(7);
         // Settling up to 7 leaves 7 holding the rest.
         p.propose(9, 7, None);
         let ready = p.take_ready(None).unwrap_or_else(|| panic!("ready"));
-        assert_eq!(ready.records, vec![5]);
+        assert_eq!(ready.records, vec![6]);
         assert!(p.settles_at_once(10, false));
         assert!(
             !p.settles_at_once(6, false),
