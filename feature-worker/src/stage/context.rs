@@ -24,7 +24,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Partition assignment as the rebalance callbacks see it, handled by the stage runner.
 pub struct StageContext {
-    /// The stage's name in logs (`local`, `route`, `state`, `join`).
+    /// The stage's name in logs (`local`, `route`, `state`, `join`, `windows`).
     stage: &'static str,
     assigned: Mutex<HashSet<i32>>,
     revoked: Mutex<Vec<i32>>,
