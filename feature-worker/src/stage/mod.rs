@@ -1,6 +1,6 @@
 //! The stage runner: the one consumer loop of every worker stage (local mode, and keyed mode's
-//! route, state, join and windows stages), around a small [`Stage`] handler that says what a record,
-//! a revocation and a wake-up do.
+//! route, state, join and windows stages), around a small [`Stage`] handler that says what a
+//! record, a revocation and a wake-up do.
 //!
 //! The runner owns, for every stage alike:
 //! - reading, with backpressure: no record is read while `max_in_flight` outputs wait for
