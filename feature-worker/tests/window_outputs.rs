@@ -6,7 +6,8 @@
 //! semantics to the events in source order; every window the reference emits is there after
 //! the restart (none lost), and every record seen twice is identical; the stopped worker left a
 //! checkpoint in its commits, from which the new one restores (or, with the checkpoints taken
-//! out of the commits, by replaying the repartition topic).
+//! out of the commits, by replaying the repartition topic). The same holds when two workers share
+//! the group and one of them stops (a rebalance).
 //!
 //! One source partition makes the input watermark exact per event: the windows stage handles an
 //! event after its envelope's watermark (`max event time so far - out_of_orderness`), so the
@@ -339,14 +340,17 @@ fn worker_config(broker: &TestKafka, topics: &Topics, group: &str, features: &Pa
     config
 }
 
-/// How the second worker finds the windows of the first.
+/// How the second worker comes to own the first one's windows.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Restore {
-    /// From the checkpoints the first worker committed.
+    /// It starts after the first stopped and restores from the checkpoints it committed.
     Checkpoint,
-    /// The checkpoints are removed from the commits (offsets kept): by replaying the
-    /// repartition partitions from their beginning.
+    /// As `Checkpoint`, but the checkpoints are removed from the commits (offsets kept): it
+    /// restores by replaying the repartition partitions from their beginning.
     Replay,
+    /// Both share the group from the start; when the first stops, the second takes its
+    /// partitions over in a rebalance (from the checkpoints committed at the revocation).
+    Rebalance,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +361,11 @@ async fn windows_are_emitted_updated_by_late_events_and_restored_from_the_checkp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_checkpoint_the_windows_are_restored_by_replay() {
     restart_scenario(Restore::Replay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_windows_and_one_takes_over_when_the_other_stops() {
+    restart_scenario(Restore::Rebalance).await;
 }
 
 async fn restart_scenario(restore: Restore) {
@@ -403,8 +412,14 @@ async fn restart_scenario(restore: Restore) {
     let producer: FutureProducer = kafka.producer().expect("producer");
     let mut seen = Outputs::new(&kafka, &topics);
 
-    // The first worker takes the first half and is stopped with windows still open.
+    // The first worker takes the first half (with the second, when they share the group) and
+    // is stopped with windows still open.
     let w1 = TestWorker::spawn(worker_config(&broker, &topics, &group, &features)).await;
+    let sharing = if restore == Restore::Rebalance {
+        Some(TestWorker::spawn(worker_config(&broker, &topics, &group, &features)).await)
+    } else {
+        None
+    };
     produce(&producer, &topics.events, &events[..half]).await;
     seen.read_until(
         |s| s.covers(&first),
@@ -440,8 +455,12 @@ async fn restart_scenario(restore: Restore) {
         assert!(stripped.iter().all(|(_, _, c)| c.is_none()), "{stripped:?}");
     }
 
-    // A new worker on the same group restores the windows and takes the rest.
-    let w2 = TestWorker::spawn(worker_config(&broker, &topics, &group, &features)).await;
+    // A new worker on the same group (or the one still running) restores the windows and
+    // takes the rest.
+    let w2 = match sharing {
+        Some(w) => w,
+        None => TestWorker::spawn(worker_config(&broker, &topics, &group, &features)).await,
+    };
     produce(&producer, &topics.events, &events[half..]).await;
     seen.read_until(
         |s| s.covers(&all),

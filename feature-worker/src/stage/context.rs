@@ -29,7 +29,7 @@ pub type RevokeHook = Box<dyn Fn(&[i32]) + Send + Sync>;
 
 /// Partition assignment as the rebalance callbacks see it, handled by the stage runner.
 pub struct StageContext {
-    /// The stage's name in logs (`local`, `route`, `state`, `join`).
+    /// The stage's name in logs (`local`, `route`, `state`, `join`, `windows`).
     stage: &'static str,
     assigned: Mutex<HashSet<i32>>,
     revoked: Mutex<Vec<i32>>,

@@ -1,6 +1,6 @@
 //! The stage runner: the one consumer loop of every worker stage (local mode, and keyed mode's
-//! route, state and join stages), around a small [`Stage`] handler that says what a record,
-//! a revocation and a wake-up do.
+//! route, state, join and windows stages), around a small [`Stage`] handler that says what a
+//! record, a revocation and a wake-up do.
 //!
 //! The runner owns, for every stage alike:
 //! - reading, with backpressure: no record is read while `max_in_flight` outputs wait for
@@ -64,7 +64,7 @@ pub trait Input: Send + Sync {
 /// time. Every record handed over must end up settled: by an output pushed to [`Outputs`], or
 /// done at once with [`Outputs::done`] (until then its partition's commit stays before it).
 pub trait Stage: Send {
-    /// The stage's name in logs (`local`, `route`, `state`, `join`).
+    /// The stage's name in logs (`local`, `route`, `state`, `join`, `windows`).
     const NAME: &'static str;
 
     /// One record of an assigned partition, in the partition's order.

@@ -105,6 +105,13 @@ impl WindowOutputs {
         self.first_positions.keys().next().copied()
     }
 
+    /// Whether the event at `position` is the first of some kept window (it holds the commit
+    /// back until that window is purged; any other event only counts in windows an older event
+    /// holds, or in none).
+    pub fn holds(&self, position: i64) -> bool {
+        self.first_positions.contains_key(&position)
+    }
+
     fn purged(&self, end_ms: i64) -> bool {
         end_ms.saturating_add(self.spec.allowed_lateness_ms) <= self.watermark_ms
     }
@@ -344,6 +351,8 @@ mod tests {
         w.add("b", 1_100, None, 11);
         w.add("a", 200, None, 12);
         assert_eq!(w.oldest_position(), Some(10));
+        assert!(w.holds(10) && w.holds(11));
+        assert!(!w.holds(12), "counted in the window 10 opened");
         // Window [0, 1000) is emitted at 1000 but kept (late events) until 3000.
         w.advance(2_999);
         assert_eq!(w.oldest_position(), Some(10));

@@ -86,7 +86,8 @@ pub struct Ready {
     pub checkpoint: Option<String>,
 }
 
-/// One partition's records read and not yet settled, and the commits proposed for them.
+/// One partition's records read and not yet settled (the first record of each open window, and
+/// records read while no window was open), and the commits proposed for them.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Offsets read and not settled, in order.
@@ -94,6 +95,8 @@ pub struct Progress {
     candidates: VecDeque<Candidate>,
     /// The bound of the newest candidate (proposals only move it forward).
     proposed: Option<i64>,
+    /// A proposal was taken: the partition has a checkpoint, stored with every later offset.
+    checkpointed: bool,
 }
 
 impl Progress {
@@ -105,6 +108,17 @@ impl Progress {
     /// Records read and not settled.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Whether record `offset` (`opened`: it is the first of a window) may be settled as soon
+    /// as it is read. Only a window's first record must wait until the window is purged; any
+    /// other may go at once while an earlier record is held, since that one keeps the commit
+    /// before both (the commit then moves only when a proposal settles records). So only
+    /// windows' first records are held, not every record of their span. Not before the first
+    /// proposal was taken: the runner stores the (unchanged) offset on every settled record,
+    /// and before a checkpoint is set that store would go without one.
+    pub fn settles_at_once(&self, offset: i64, opened: bool) -> bool {
+        self.checkpointed && !opened && self.held.front().is_some_and(|&h| h < offset)
     }
 
     /// Whether, after record `x`, a commit up to `bound` (the oldest position still counted in
@@ -134,6 +148,7 @@ impl Progress {
             newest = self.candidates.pop_front();
         }
         let c = newest?;
+        self.checkpointed = true;
         let mut records = Vec::new();
         while let Some(&o) = self.held.front() {
             if o >= c.bound {
@@ -180,6 +195,32 @@ mod tests {
             many.observe(p, i64::MIN + 1, false);
         }
         assert_eq!(Checkpoint::new(1, 1, &many, &d).encode(), None);
+    }
+
+    #[test]
+    fn only_first_records_of_windows_wait_while_an_earlier_record_is_held() {
+        let mut p = Progress::default();
+        assert!(
+            !p.settles_at_once(5, false),
+            "nothing held: it holds the commit itself"
+        );
+        p.read(5);
+        assert!(!p.settles_at_once(6, false), "no checkpoint yet");
+        p.read(6);
+        p.propose(6, 6, None);
+        assert_eq!(p.take_ready(None).map(|r| r.records), Some(vec![5]));
+        assert!(p.settles_at_once(7, false));
+        assert!(!p.settles_at_once(7, true), "a window's first record waits");
+        p.read(7);
+        // Settling up to 7 leaves 7 holding the rest.
+        p.propose(9, 7, None);
+        let ready = p.take_ready(None).unwrap_or_else(|| panic!("ready"));
+        assert_eq!(ready.records, vec![6]);
+        assert!(p.settles_at_once(10, false));
+        assert!(
+            !p.settles_at_once(6, false),
+            "nothing earlier than 6 is held"
+        );
     }
 
     #[test]

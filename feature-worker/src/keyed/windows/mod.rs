@@ -203,10 +203,15 @@ impl Stage for WindowsStage {
                 return;
             }
         }
-        if let Some(part) = self.parts.get_mut(&q) {
-            part.progress.read(offset);
-        }
         self.apply(q, m.payload, offset, Some(out));
+        if let Some(part) = self.parts.get_mut(&q) {
+            let opened = part.outputs.iter().any(|o| o.holds(offset));
+            if part.progress.settles_at_once(offset, opened) {
+                out.done(q, offset);
+            } else {
+                part.progress.read(offset);
+            }
+        }
         self.propose(q, offset);
         self.settle(q, out);
     }
