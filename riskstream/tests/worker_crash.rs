@@ -206,6 +206,9 @@ struct Restart {
     restarted_at: Instant,
     /// Events produced when the worker was restarted.
     backlog: usize,
+    /// Events produced when it was killed: later ones needing its state partitions can only
+    /// be decided once they are restored.
+    produced_at_kill: usize,
     first_decision: Duration,
     log: PathBuf,
 }
@@ -420,6 +423,7 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
         }
         let w = k % WORKERS;
         let instance = format!("w{w}");
+        let produced_at_kill = produced.load(Ordering::SeqCst);
         // SIGKILL: no drain, no commit, no leave.
         let _ = workers[w].proc.0.kill();
         let _ = workers[w].proc.0.wait();
@@ -441,6 +445,7 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
             at_decisions: due,
             restarted_at,
             backlog,
+            produced_at_kill,
             first_decision,
             log: workers[w].log.clone(),
         });
@@ -471,21 +476,21 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
             .iter()
             .find(|(t, prefix)| *t >= r.restarted_at && *prefix >= r.backlog)
             .map(|(t, _)| *t - r.restarted_at);
-        // The first decision, after the restart, of an event that needed a state partition of
-        // the restarted worker (it could not be decided while that worker was down).
+        // The first decision of an event produced after the kill that needs a state partition
+        // of the restarted worker (none while it is down; unpaced runs produce nothing after).
         let mask = state_partitions(&r.log);
         let first_new = {
             let s = seen.lock().unwrap();
-            s.decided_at
+            s.decided_at[r.produced_at_kill..]
                 .iter()
-                .zip(&needs)
+                .zip(&needs[r.produced_at_kill..])
                 .filter(|(_, need)| *need & mask != 0)
-                .filter_map(|(at, _)| at.filter(|t| *t >= r.restarted_at))
+                .filter_map(|(at, _)| *at)
                 .min()
-                .map(|t| t - r.restarted_at)
+                .map(|t| t.saturating_duration_since(r.restarted_at))
         };
         println!(
-            "kill {k} of {} at {} decisions, restarted: first decision of the process after {:?}, first decision needing its state partitions ({mask:#06b}) after {first_new:?}, every event produced before the restart ({}) decided after {caught_up:?}; restores (keys, replayed, ms) {:?}",
+            "kill {k} of {} at {} decisions, restarted: first decision of the process after {:?}, first decision of a later event needing its state partitions ({mask:#06b}) after {first_new:?}, every event produced before the restart ({}) decided after {caught_up:?}; restores (keys, replayed, ms) {:?}",
             r.instance,
             r.at_decisions,
             r.first_decision,
