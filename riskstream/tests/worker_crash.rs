@@ -2,9 +2,10 @@
 //! (`riskstream worker`): two workers, static members (`kafka.group_instance_id`), share 4
 //! partitions while 200k events stream in; worker processes are SIGKILLed several times and
 //! restarted at once with the same instance id. Then every event has a decision, every
-//! decision's features are bit-identical to a crash-free run of the feature engine over the
-//! same events in the same order (duplicates only if identical), and every restarted worker
-//! restored its state from the changelog (no replay of the repartition topic).
+//! decision's features equal those of a crash-free run of the feature engine over the same
+//! events in the same order (duplicates only if identical), every restarted worker restored its
+//! state from the changelog (no replay of the repartition topic), and no restart made the other
+//! worker give up a partition (no rebalance).
 //!
 //! Printed (measured, not asserted): per restart, the restore time of each partition from the
 //! changelog, the time from the restart to the first decision of the restarted process, and
@@ -169,6 +170,21 @@ fn state_partitions(log: &Path) -> u32 {
         })
 }
 
+/// How many times a worker's stages lost partitions (a rebalance) after `since`.
+fn revocations_since(log: &Path, since: chrono::DateTime<chrono::Utc>) -> usize {
+    let Ok(f) = File::open(log) else {
+        return 0;
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .filter(|v| v["fields"]["message"] == "partitions revoked")
+        .filter_map(|v| chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok())
+        .filter(|t| *t >= since)
+        .count()
+}
+
 /// Decisions the process at `admin` produced (its `/metrics`).
 async fn decisions_of(http: &reqwest::Client, admin: &str) -> u64 {
     let Ok(r) = http.get(format!("http://{admin}/metrics")).send().await else {
@@ -211,6 +227,9 @@ struct Restart {
     produced_at_kill: usize,
     first_decision: Duration,
     log: PathBuf,
+    restarted_wall: chrono::DateTime<chrono::Utc>,
+    /// The log of the worker that kept running.
+    survivor_log: PathBuf,
 }
 
 /// What the decision reader saw.
@@ -291,10 +310,9 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
         // Decide on arrival: each entity's processing order is its partition's order.
         ("WORKER__REORDER_WAIT", "0s".into()),
         ("WORKER__IDLE_TIMEOUT", "3s".into()),
-        // The fastest session timeout Kafka accepts (group.min.session.timeout.ms): a
-        // restart within it takes the member's partitions back without a rebalance.
-        ("KAFKA__SESSION_TIMEOUT", "6s".into()),
-        ("KAFKA__HEARTBEAT_INTERVAL", "500ms".into()),
+        // A restart within the session timeout takes the member's partitions back without a
+        // rebalance (the shipped default, with room for a slow start on a loaded machine).
+        ("KAFKA__SESSION_TIMEOUT", "10s".into()),
         ("TELEMETRY__LOG_FORMAT", "json".into()),
     ] {
         env.push((format!("RISKSTREAM__{k}"), v));
@@ -428,6 +446,7 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
         let _ = workers[w].proc.0.kill();
         let _ = workers[w].proc.0.wait();
         let restarted_at = Instant::now();
+        let restarted_wall = chrono::Utc::now();
         let backlog = produced.load(Ordering::SeqCst);
         workers[w] = start_worker(&env, dir.path(), &instance, k + 1);
         let admin = workers[w].admin.clone();
@@ -448,6 +467,8 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
             produced_at_kill,
             first_decision,
             log: workers[w].log.clone(),
+            restarted_wall,
+            survivor_log: workers[(w + 1) % WORKERS].log.clone(),
         });
     }
 
@@ -525,6 +546,16 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
         "decisions whose features differ from the crash-free run"
     );
     println!("{} duplicate decisions, all identical", s.duplicates);
+    // Every restart took its partitions back without a rebalance (static membership): the
+    // other worker never lost a partition after it.
+    for r in &figures {
+        assert_eq!(
+            revocations_since(&r.survivor_log, r.restarted_wall),
+            0,
+            "the restart of {} made the other worker give up partitions",
+            r.instance
+        );
+    }
     // Every restart restored state from the changelog, and never replayed the repartition
     // topic.
     for Restart { instance, log, .. } in &figures {

@@ -15,7 +15,8 @@
 //!   the producer is flushed), and a flush of an older epoch writes nothing: once a partition
 //!   has moved, its old owner never writes to its changelog partition again.
 //! - [`read_to_end`]: a partition's newest record per key, read by an assigned (group-less)
-//!   reader from its beginning to the end it had when the restore began.
+//!   reader from its beginning to the end it had when the read began; [`Prefetch`] starts the
+//!   reads of all partitions of an assignment at once, in the assignment callback.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -34,7 +35,7 @@ use tokio::sync::oneshot;
 use super::error::KeyedError;
 use super::records::repartition_key;
 use crate::output::{OutRecord, produce};
-use crate::stage::context::RevokeHook;
+use crate::stage::context::{AssignHook, RevokeHook};
 
 /// Bound on flushing the producer inside a revocation.
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -230,6 +231,87 @@ impl Fence {
     }
 }
 
+/// A changelog partition read: its newest value per key (`None`: a tombstone) and its end.
+pub type Read = (HashMap<Vec<u8>, Option<Vec<u8>>>, i64);
+
+/// Changelog reads started when partitions are assigned (all of them at once, before their
+/// first record arrives), taken by the restore of each.
+pub struct Prefetch {
+    runtime: tokio::runtime::Handle,
+    kafka: KafkaConfig,
+    group_base: String,
+    stop: CancellationToken,
+    reads: Mutex<HashMap<i32, tokio::task::JoinHandle<Result<Read, KeyedError>>>>,
+}
+
+impl Prefetch {
+    /// Reads of `kafka.topics.changelog`, spawned on the current runtime.
+    pub fn new(kafka: &KafkaConfig, group_base: &str, stop: &CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            runtime: tokio::runtime::Handle::current(),
+            kafka: kafka.clone(),
+            group_base: group_base.to_string(),
+            stop: stop.clone(),
+            reads: Mutex::default(),
+        })
+    }
+
+    /// Starts reading `partitions` (their previous owners flushed their writes inside the
+    /// revocation, before this assignment).
+    pub fn start(&self, partitions: &[i32]) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        for &q in partitions {
+            let (kafka, group, stop) = (
+                self.kafka.clone(),
+                self.group_base.clone(),
+                self.stop.clone(),
+            );
+            let read = self.runtime.spawn(async move {
+                let topic = kafka.topics.changelog.clone();
+                read_to_end(&kafka, &group, &topic, q, &stop).await
+            });
+            if let Some(old) = reads.insert(q, read) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Drops the reads of revoked partitions.
+    pub fn cancel(&self, partitions: &[i32]) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        for q in partitions {
+            if let Some(read) = reads.remove(q) {
+                read.abort();
+            }
+        }
+    }
+
+    /// The read of `q`: the one started at its assignment, else a new one.
+    pub async fn take(&self, q: i32) -> Result<Read, KeyedError> {
+        let started = self
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&q);
+        match started {
+            Some(read) => read.await.map_err(|error| KeyedError::Task {
+                stage: "changelog",
+                error,
+            })?,
+            None => {
+                let topic = self.kafka.topics.changelog.clone();
+                read_to_end(&self.kafka, &self.group_base, &topic, q, &self.stop).await
+            }
+        }
+    }
+
+    /// The stage consumer's assignment hook.
+    pub fn hook(self: &Arc<Self>) -> AssignHook {
+        let prefetch = Arc::clone(self);
+        Box::new(move |partitions: &[i32]| prefetch.start(partitions))
+    }
+}
+
 /// The changelog partition's newest value per key (`None`: a tombstone) and its end offset,
 /// read from its beginning to the end it had when called, on a blocking thread (a tight poll
 /// loop over large fetches: a restore reads every record of the uncompacted tail).
@@ -239,7 +321,7 @@ pub async fn read_to_end(
     topic: &str,
     partition: i32,
     stop: &CancellationToken,
-) -> Result<(HashMap<Vec<u8>, Option<Vec<u8>>>, i64), KeyedError> {
+) -> Result<Read, KeyedError> {
     let end = end_offset(kafka, topic, partition).await?;
     if end <= 0 {
         return Ok((HashMap::new(), end));
