@@ -14,31 +14,43 @@
 //! - [`Fence`]: a revocation bumps the partition's epoch (inside the rebalance callback, then
 //!   the producer is flushed), and a flush of an older epoch writes nothing: once a partition
 //!   has moved, its old owner never writes to its changelog partition again.
-//! - [`read_to_end`]: a partition's newest record per key, read by a group-less reader from
-//!   its beginning to the end it had when the restore began.
+//! - [`read_to_end`]: a partition's newest record per key, read by an assigned (group-less)
+//!   reader from its beginning to the end it had when the read began; [`Prefetch`] starts the
+//!   reads of all partitions of an assignment at once, in the assignment callback.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
-use riskstream_common::kafka::KafkaConfig;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use riskstream_common::kafka::{EofReaderContext, KafkaConfig};
 use riskstream_common::shutdown::CancellationToken;
 use tokio::sync::oneshot;
 
 use super::error::KeyedError;
 use super::records::repartition_key;
-use super::replay::replay;
 use crate::output::{OutRecord, produce};
-use crate::stage::context::RevokeHook;
+use crate::stage::context::{AssignHook, RevokeHook};
 
 /// Bound on flushing the producer inside a revocation.
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a watermark (end offset) request may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Suffix of the restore reader's group (assigned, never joined, never commits).
+const RESTORE_GROUP_SUFFIX: &str = ".changelog-restore";
+/// Fetch size of the restore reader (per partition and per request).
+const RESTORE_FETCH_BYTES: &str = "16777216";
+/// One poll of the restore reader.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// A restore gives up when no record arrives for this long (the broker is gone).
+const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read errors a restore tolerates before it fails.
+const READ_MAX_ERRORS: u32 = 50;
 
 /// An acknowledgement to wait for.
 pub type Ack = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -219,26 +231,154 @@ impl Fence {
     }
 }
 
+/// A changelog partition read: its newest value per key (`None`: a tombstone) and its end.
+pub type Read = (HashMap<Vec<u8>, Option<Vec<u8>>>, i64);
+
+/// Changelog reads started when partitions are assigned (all of them at once, before their
+/// first record arrives), taken by the restore of each.
+pub struct Prefetch {
+    runtime: tokio::runtime::Handle,
+    kafka: KafkaConfig,
+    group_base: String,
+    stop: CancellationToken,
+    reads: Mutex<HashMap<i32, tokio::task::JoinHandle<Result<Read, KeyedError>>>>,
+}
+
+impl Prefetch {
+    /// Reads of `kafka.topics.changelog`, spawned on the current runtime.
+    pub fn new(kafka: &KafkaConfig, group_base: &str, stop: &CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            runtime: tokio::runtime::Handle::current(),
+            kafka: kafka.clone(),
+            group_base: group_base.to_string(),
+            stop: stop.clone(),
+            reads: Mutex::default(),
+        })
+    }
+
+    /// Starts reading `partitions` (their previous owners flushed their writes inside the
+    /// revocation, before this assignment).
+    pub fn start(&self, partitions: &[i32]) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        for &q in partitions {
+            let (kafka, group, stop) = (
+                self.kafka.clone(),
+                self.group_base.clone(),
+                self.stop.clone(),
+            );
+            let read = self.runtime.spawn(async move {
+                let topic = kafka.topics.changelog.clone();
+                read_to_end(&kafka, &group, &topic, q, &stop).await
+            });
+            if let Some(old) = reads.insert(q, read) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Drops the reads of revoked partitions.
+    pub fn cancel(&self, partitions: &[i32]) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        for q in partitions {
+            if let Some(read) = reads.remove(q) {
+                read.abort();
+            }
+        }
+    }
+
+    /// The read of `q`: the one started at its assignment, else a new one.
+    pub async fn take(&self, q: i32) -> Result<Read, KeyedError> {
+        let started = self
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&q);
+        match started {
+            Some(read) => read.await.map_err(|error| KeyedError::Task {
+                stage: "changelog",
+                error,
+            })?,
+            None => {
+                let topic = self.kafka.topics.changelog.clone();
+                read_to_end(&self.kafka, &self.group_base, &topic, q, &self.stop).await
+            }
+        }
+    }
+
+    /// The stage consumer's assignment hook.
+    pub fn hook(self: &Arc<Self>) -> AssignHook {
+        let prefetch = Arc::clone(self);
+        Box::new(move |partitions: &[i32]| prefetch.start(partitions))
+    }
+}
+
 /// The changelog partition's newest value per key (`None`: a tombstone) and its end offset,
-/// read from its beginning to the end it had when called.
+/// read from its beginning to the end it had when called, on a blocking thread (a tight poll
+/// loop over large fetches: a restore reads every record of the uncompacted tail).
 pub async fn read_to_end(
     kafka: &KafkaConfig,
     group_base: &str,
     topic: &str,
     partition: i32,
     stop: &CancellationToken,
-) -> Result<(HashMap<Vec<u8>, Option<Vec<u8>>>, i64), KeyedError> {
+) -> Result<Read, KeyedError> {
     let end = end_offset(kafka, topic, partition).await?;
-    let mut newest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-    replay(kafka, group_base, topic, partition, end, stop, |m| {
-        let Some(key) = m.key else {
-            return;
-        };
-        let value = (!m.payload.is_empty()).then(|| m.payload.to_vec());
-        newest.insert(key.to_vec(), value);
+    if end <= 0 {
+        return Ok((HashMap::new(), end));
+    }
+    let mut cfg = kafka.consumer_config(&format!("{group_base}{RESTORE_GROUP_SUFFIX}"));
+    cfg.set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("max.partition.fetch.bytes", RESTORE_FETCH_BYTES)
+        .set("fetch.max.bytes", RESTORE_FETCH_BYTES);
+    let reader: BaseConsumer<EofReaderContext> = cfg.create_with_context(EofReaderContext)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    reader.assign(&tpl)?;
+    let (topic, stop) = (topic.to_string(), stop.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut newest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut idle_since = Instant::now();
+        let mut errors = 0u32;
+        while !stop.is_cancelled() {
+            match reader.poll(POLL_TIMEOUT) {
+                Some(Ok(m)) => {
+                    idle_since = Instant::now();
+                    if let Some(key) = m.key() {
+                        newest.insert(key.to_vec(), m.payload().map(<[u8]>::to_vec));
+                    }
+                    if m.offset() + 1 >= end {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    errors += 1;
+                    tracing::warn!(topic, partition, error = %e, "changelog read error");
+                    if errors > READ_MAX_ERRORS {
+                        return Err(KeyedError::Kafka(e));
+                    }
+                }
+                None if idle_since.elapsed() > READ_IDLE_TIMEOUT => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        end,
+                        read = newest.len(),
+                        "changelog read stopped: no record within the timeout"
+                    );
+                    break;
+                }
+                None => {}
+            }
+        }
+        Ok((newest, end))
     })
-    .await?;
-    Ok((newest, end))
+    .await
+    .map_err(|error| KeyedError::Task {
+        stage: "changelog",
+        error,
+    })?
 }
 
 /// The high watermark (next offset to be written) of `topic`/`partition`.

@@ -30,12 +30,13 @@ use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::topics::{TopicError, require_compacted};
 use riskstream_common::{Event, FeatureValue};
 
-use super::changelog::{Batch, Fence, FlushTo, parse_key, read_to_end};
+use super::changelog::{Batch, Fence, FlushTo, Prefetch, parse_key};
 use super::error::KeyedError;
 use super::records::{RepartitionRecord, ResultRecord, repartition_of};
 use super::replay::{partition_count, replay};
 use super::watermark::{Arrival, Dedup, InputWatermark};
 use crate::output::{OutRecord, produce};
+use crate::stage::context::RebalanceHooks;
 use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage, Ticker};
 use crate::stream::{ClockConfig, PartitionClock};
 use crate::worker::WorkerState;
@@ -78,6 +79,7 @@ struct StateStage {
     /// Per partition: what the next changelog flush writes and settles.
     batches: HashMap<i32, Batch>,
     fence: Arc<Fence>,
+    prefetch: Arc<Prefetch>,
     flush_tick: Ticker,
     /// A partition's batch is flushed early once it holds this many records.
     flush_max_records: usize,
@@ -115,6 +117,7 @@ pub(crate) async fn run(
     }
     state.engine.log_removals();
     let fence = Arc::new(Fence::default());
+    let prefetch = Prefetch::new(&cfg.kafka, &group_id, &shutdown);
     let input = KafkaInput::subscribe_with(
         &cfg.kafka,
         &group_id,
@@ -122,7 +125,10 @@ pub(crate) async fn run(
         false,
         STAGE,
         state.metrics.lag_reporter(STAGE),
-        Some(fence.hook(producer.clone())),
+        RebalanceHooks {
+            on_revoke: Some(fence.hook(producer.clone())),
+            on_assign: Some(prefetch.hook()),
+        },
     )?;
     let mut stage = StateStage {
         state,
@@ -135,6 +141,7 @@ pub(crate) async fn run(
         values: Vec::new(),
         batches: HashMap::new(),
         fence,
+        prefetch,
         flush_tick: Ticker::new(cfg.worker.changelog_flush_interval),
         flush_max_records: cfg.worker.max_in_flight.max(1),
         replay_groups: None,
@@ -172,6 +179,7 @@ impl Stage for StateStage {
         // Their changelog is written by the next owner from now on (the revocation hook
         // fenced this stage's flushes of them).
         self.fence.revoke(revoked);
+        self.prefetch.cancel(revoked);
         for q in &gone {
             self.parts.remove(q);
             self.restored.remove(q);
@@ -249,15 +257,7 @@ impl StateStage {
         let started = Instant::now();
         let kafka = self.state.config.kafka.clone();
         let stop = self.stop.clone();
-        let (keys, end) = match read_to_end(
-            &kafka,
-            &self.group_id,
-            &kafka.topics.changelog,
-            q,
-            &stop,
-        )
-        .await
-        {
+        let (keys, end) = match self.prefetch.take(q).await {
             Ok(read) => read,
             Err(e) => {
                 // Nothing restored: the fallback below rebuilds every group.

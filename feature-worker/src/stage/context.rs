@@ -27,6 +27,18 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// fences those writes and flushes what is on its way here.
 pub type RevokeHook = Box<dyn Fn(&[i32]) + Send + Sync>;
 
+/// Runs right after partitions are assigned, on the consumer's thread (it must not block): a
+/// stage that restores state for its partitions starts reading it here, before their first
+/// record arrives.
+pub type AssignHook = Box<dyn Fn(&[i32]) + Send + Sync>;
+
+/// What a stage runs inside its consumer's rebalances ([`KafkaInput::subscribe_with`]).
+#[derive(Default)]
+pub struct RebalanceHooks {
+    pub on_revoke: Option<RevokeHook>,
+    pub on_assign: Option<AssignHook>,
+}
+
 /// Partition assignment as the rebalance callbacks see it, handled by the stage runner.
 pub struct StageContext {
     /// The stage's name in logs (`local`, `route`, `state`, `join`, `windows`).
@@ -34,7 +46,7 @@ pub struct StageContext {
     assigned: Mutex<HashSet<i32>>,
     revoked: Mutex<Vec<i32>>,
     lag: LagReporter,
-    on_revoke: Option<RevokeHook>,
+    hooks: RebalanceHooks,
 }
 
 impl StageContext {
@@ -44,7 +56,7 @@ impl StageContext {
             assigned: Mutex::default(),
             revoked: Mutex::default(),
             lag,
-            on_revoke: None,
+            hooks: RebalanceHooks::default(),
         }
     }
 
@@ -83,7 +95,7 @@ impl ConsumerContext for StageContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            if let Some(hook) = &self.on_revoke {
+            if let Some(hook) = &self.hooks.on_revoke {
                 hook(&parts);
             }
             // Commit what is done before the partitions move; what is not done is read (and,
@@ -107,6 +119,9 @@ impl ConsumerContext for StageContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(stage = self.stage, partitions = ?parts, "partitions assigned");
+            if let Some(hook) = &self.hooks.on_assign {
+                hook(&parts);
+            }
             self.assigned
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -134,10 +149,18 @@ impl KafkaInput {
         stage: &'static str,
         lag: LagReporter,
     ) -> Result<Self, KafkaError> {
-        Self::subscribe_with(kafka, group_id, topic, partition_eof, stage, lag, None)
+        Self::subscribe_with(
+            kafka,
+            group_id,
+            topic,
+            partition_eof,
+            stage,
+            lag,
+            RebalanceHooks::default(),
+        )
     }
 
-    /// [`KafkaInput::subscribe`] with a hook run inside every revocation.
+    /// [`KafkaInput::subscribe`] with hooks run inside every rebalance.
     pub fn subscribe_with(
         kafka: &KafkaConfig,
         group_id: &str,
@@ -145,7 +168,7 @@ impl KafkaInput {
         partition_eof: bool,
         stage: &'static str,
         lag: LagReporter,
-        on_revoke: Option<RevokeHook>,
+        hooks: RebalanceHooks,
     ) -> Result<Self, KafkaError> {
         let mut cfg = kafka.consumer_config(group_id);
         if partition_eof {
@@ -153,7 +176,7 @@ impl KafkaInput {
         }
         LagReporter::enable(&mut cfg);
         let context = StageContext {
-            on_revoke,
+            hooks,
             ..StageContext::new(stage, lag)
         };
         let consumer: StageConsumer = cfg.create_with_context(context)?;
