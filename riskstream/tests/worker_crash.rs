@@ -575,3 +575,41 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
     }
     drop(workers);
 }
+
+/// A keyed worker refuses to start (exit code 2, naming the topic and the fix) on a changelog
+/// topic that is not compacted: it would lose the state of keys not updated within its
+/// retention.
+#[test]
+fn a_keyed_worker_refuses_a_changelog_that_is_not_compacted() {
+    let mut topics = Topics::with_suffix(&riskstream_testkit::unique("badlog"));
+    // Not the changelog's name: the test kit creates it as a data topic (cleanup.policy=delete).
+    topics.changelog = riskstream_testkit::unique("deleting-changelog");
+    let broker = riskstream_testkit::kafka::TestKafka::with_topics(2, &topics);
+    let mut env = topics_env(&topics);
+    env.push((
+        "RISKSTREAM__WORKER__GROUP_ID".into(),
+        riskstream_testkit::unique("badlog"),
+    ));
+    let out = support::command(
+        &[
+            "worker",
+            "--brokers",
+            &broker.bootstrap,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &env,
+    )
+    .output()
+    .expect("run riskstream worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&topics.changelog) && stderr.contains("cleanup.policy=delete"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cleanup.policy=compact"),
+        "says the fix: {stderr}"
+    );
+}

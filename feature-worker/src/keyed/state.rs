@@ -23,11 +23,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::producer::FutureProducer;
 use riskstream_common::shutdown::CancellationToken;
-use riskstream_common::topics::{TopicError, require_compacted};
 use riskstream_common::{Event, FeatureValue};
 
 use super::changelog::{Batch, Fence, FlushTo, Prefetch, parse_key};
@@ -40,9 +39,6 @@ use crate::stage::context::RebalanceHooks;
 use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage, Ticker};
 use crate::stream::{ClockConfig, PartitionClock};
 use crate::worker::WorkerState;
-
-/// How long the start-up check of the changelog topic may take.
-const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Suffix of the stage's consumer group (`{worker.group_id}.state`).
 pub const GROUP_SUFFIX: &str = ".state";
@@ -106,14 +102,6 @@ pub(crate) async fn run(
             "topic `{}` has {changelog_partitions} partitions but `{}` has {repartition_partitions}: they must be equal",
             topics.changelog, topics.repartition
         )));
-    }
-    match require_compacted(&cfg.kafka, &topics.changelog, TOPIC_CHECK_TIMEOUT).await {
-        Ok(()) => {}
-        Err(e @ TopicError::Check { .. }) => return Err(KeyedError::Changelog(e.to_string())),
-        // The embedded mock broker has no DescribeConfigs (and no compaction).
-        Err(e) => {
-            tracing::warn!(topic = %topics.changelog, error = %e, "the changelog topic's cleanup policy cannot be read: compaction not verified")
-        }
     }
     state.engine.log_removals();
     let fence = Arc::new(Fence::default());
