@@ -30,6 +30,14 @@ pub struct CauseLabel {
     pub cause: String,
 }
 
+/// A dead letter's source topic (by role: `events`, `repartition`, `results`, `rules`,
+/// `lists`) and its code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub source: String,
+    pub code: String,
+}
+
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Arc<Registry>,
@@ -42,6 +50,8 @@ pub struct WorkerMetrics {
     pub state_keys: Gauge,
     pub state_bytes: Gauge,
     pub state_evictions: Family<CauseLabel, Counter>,
+    /// Records copied to the dead-letter topic, by source topic role and code.
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
     seen_evictions: Arc<[AtomicU64; 3]>,
     /// Committed lag of each stage's consumer (`local`, `route`, `state`, `join`).
     pub consumer_lag: riskstream_common::lag::LagGauges,
@@ -57,6 +67,7 @@ impl WorkerMetrics {
         let state_keys = Gauge::default();
         let state_bytes = Gauge::default();
         let state_evictions = Family::<CauseLabel, Counter>::default();
+        let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         r.register(
             "events",
             "Events read, by result (decided, dlq)",
@@ -88,6 +99,11 @@ impl WorkerMetrics {
             "Keys evicted from window state by cause (size = state lost)",
             state_evictions.clone(),
         );
+        r.register(
+            "dead_letters",
+            "Records copied to the dead-letter topic, by source topic (events, repartition, results, rules, lists) and code",
+            dead_letters.clone(),
+        );
         let consumer_lag = riskstream_common::lag::LagGauges::default();
         r.register(
             "consumer_lag",
@@ -103,6 +119,7 @@ impl WorkerMetrics {
             state_keys,
             state_bytes,
             state_evictions,
+            dead_letters,
             seen_evictions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
             consumer_lag,
         }
@@ -112,6 +129,16 @@ impl WorkerMetrics {
         self.events
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// One record copied to the dead-letter topic.
+    pub fn dead_lettered(&self, source: &str, code: &str) {
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                source: source.to_string(),
+                code: code.to_string(),
             })
             .inc();
     }

@@ -182,7 +182,7 @@ impl Stage for StateStage {
                 return;
             }
         }
-        self.apply(q, m.payload, offset, Some(out));
+        self.apply(m, Some(out));
     }
 
     fn on_revoked(&mut self, revoked: &[i32]) {
@@ -262,7 +262,7 @@ impl StateStage {
             q,
             first_offset,
             &stop,
-            |m| self.apply(q, m.payload, m.offset, None),
+            |m| self.apply(m, None),
         )
         .await;
         match replayed {
@@ -282,14 +282,16 @@ impl StateStage {
     }
 
     /// Handles one repartition record; with `out`, emits partials and settles the offset there
-    /// (`None` while restoring).
-    fn apply(&mut self, q: i32, payload: &[u8], offset: i64, mut out: Option<&mut Outputs>) {
-        let record: RepartitionRecord = match serde_json::from_slice(payload) {
+    /// (`None` while restoring: a record that cannot be used was dead-lettered when read live).
+    fn apply(&mut self, m: Record<'_>, mut out: Option<&mut Outputs>) {
+        let (q, offset) = (m.partition, m.offset);
+        let record = match RepartitionRecord::decode(m.payload, self.state.engine.feature_set()) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(partition = q, offset, error = %e, "undecodable repartition record skipped");
                 if let Some(out) = out {
-                    out.done(q, offset);
+                    tracing::warn!(partition = q, offset, code = e.code, error = %e, "repartition record not usable, sent to the dead-letter topic");
+                    self.state
+                        .dead_letter(&self.producer, m, &e.reason, e.code, out);
                 }
                 return;
             }
