@@ -70,7 +70,8 @@ pub fn dead_letter_payload(payload: &[u8]) -> (&[u8], Option<String>) {
 pub struct Topics {
     /// Transactions from ingest and `produce` (key: the partition key, header `traceparent`).
     pub events: String,
-    /// Events that could not be decoded (poison), copied with the reason in headers.
+    /// Records the worker cannot use (poison events, undecodable internal records, rejected
+    /// control records), copied with the reason in headers.
     pub events_dlq: String,
     /// Copies of events later than the allowed lateness (still decided), for replay.
     pub events_late: String,
@@ -78,7 +79,7 @@ pub struct Topics {
     pub decisions: String,
     /// OTLP spans of every service (protobuf `ExportTraceServiceRequest`), read by the collector.
     pub otlp_spans: String,
-    /// Span records the collector could not decode, with the reason in headers.
+    /// Spans and decisions the collector cannot store, with the reason in headers.
     pub spans_dlq: String,
     /// Rule-set updates (compacted; one key keeps them in order).
     pub rules: String,
