@@ -50,6 +50,26 @@ pub mod header {
     pub const DLQ_SOURCE_TOPIC: &str = "riskstream-dlq-source-topic";
     pub const DLQ_SOURCE_PARTITION: &str = "riskstream-dlq-source-partition";
     pub const DLQ_SOURCE_OFFSET: &str = "riskstream-dlq-source-offset";
+    /// On a dead letter whose payload was cut to [`super::DLQ_MAX_PAYLOAD_BYTES`]: the
+    /// original payload's size in bytes.
+    pub const DLQ_TRUNCATED_FROM: &str = "riskstream-dlq-truncated-from";
+}
+
+/// Largest payload a dead letter carries whole. A poison record can be larger than any
+/// producer may send (it reached the topic compressed): its first this many bytes are copied,
+/// with [`header::DLQ_TRUNCATED_FROM`], rather than retrying a copy Kafka can never take.
+pub const DLQ_MAX_PAYLOAD_BYTES: usize = 512 * 1024;
+
+/// The payload a dead letter of `payload` carries, and the original size when it was cut.
+pub fn dead_letter_payload(payload: &[u8]) -> (&[u8], Option<String>) {
+    if payload.len() <= DLQ_MAX_PAYLOAD_BYTES {
+        (payload, None)
+    } else {
+        (
+            &payload[..DLQ_MAX_PAYLOAD_BYTES],
+            Some(payload.len().to_string()),
+        )
+    }
 }
 
 /// Topic names in use (defaults from [`topic`]).
@@ -58,7 +78,8 @@ pub mod header {
 pub struct Topics {
     /// Transactions from ingest and `produce` (key: the partition key, header `traceparent`).
     pub events: String,
-    /// Events that could not be decoded (poison), copied with the reason in headers.
+    /// Records the worker cannot use (poison events, undecodable internal records, rejected
+    /// control records), copied with the reason in headers.
     pub events_dlq: String,
     /// Copies of events later than the allowed lateness (still decided), for replay.
     pub events_late: String,
@@ -66,7 +87,7 @@ pub struct Topics {
     pub decisions: String,
     /// OTLP spans of every service (protobuf `ExportTraceServiceRequest`), read by the collector.
     pub otlp_spans: String,
-    /// Span records the collector could not decode, with the reason in headers.
+    /// Spans and decisions the collector cannot store, with the reason in headers.
     pub spans_dlq: String,
     /// Rule-set updates (compacted; one key keeps them in order).
     pub rules: String,

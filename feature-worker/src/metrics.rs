@@ -39,6 +39,14 @@ pub struct WindowOutputLabel {
     pub kind: String,
 }
 
+/// A dead letter's source topic (by role: `events`, `repartition`, `results`, `rules`,
+/// `lists`) and its code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub source: String,
+    pub code: String,
+}
+
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Arc<Registry>,
@@ -51,6 +59,8 @@ pub struct WorkerMetrics {
     pub state_keys: Gauge,
     pub state_bytes: Gauge,
     pub state_evictions: Family<CauseLabel, Counter>,
+    /// Records copied to the dead-letter topic, by source topic role and code.
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
     seen_evictions: Arc<[AtomicU64; 3]>,
     /// Committed lag of each stage's consumer (`local`, `route`, `state`, `join`, `windows`).
     pub consumer_lag: riskstream_common::lag::LagGauges,
@@ -70,6 +80,7 @@ impl WorkerMetrics {
         let state_keys = Gauge::default();
         let state_bytes = Gauge::default();
         let state_evictions = Family::<CauseLabel, Counter>::default();
+        let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         r.register(
             "events",
             "Events read, by result (decided, dlq)",
@@ -101,6 +112,11 @@ impl WorkerMetrics {
             "Keys evicted from window state by cause (size = state lost)",
             state_evictions.clone(),
         );
+        r.register(
+            "dead_letters",
+            "Records copied to the dead-letter topic, by source topic (events, repartition, results, rules, lists) and code",
+            dead_letters.clone(),
+        );
         let consumer_lag = riskstream_common::lag::LagGauges::default();
         r.register(
             "consumer_lag",
@@ -128,6 +144,7 @@ impl WorkerMetrics {
             state_keys,
             state_bytes,
             state_evictions,
+            dead_letters,
             seen_evictions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
             consumer_lag,
             window_outputs,
@@ -152,6 +169,16 @@ impl WorkerMetrics {
         self.events
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// One record copied to the dead-letter topic.
+    pub fn dead_lettered(&self, source: &str, code: &str) {
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                source: source.to_string(),
+                code: code.to_string(),
             })
             .inc();
     }

@@ -151,7 +151,7 @@ impl Stage for StateStage {
                 return;
             }
         }
-        self.apply(q, m.payload, offset, Some(out));
+        self.apply(m, Some(out));
         // Under a backlog a record is always ready and the runner's timer waits: the flush is
         // checked here too.
         let now = Instant::now();
@@ -299,7 +299,7 @@ impl StateStage {
             let topic = kafka.topics.repartition.clone();
             let group_id = self.group_id.clone();
             let result = replay(&kafka, &group_id, &topic, q, first_offset, &stop, |m| {
-                self.apply(q, m.payload, m.offset, None)
+                self.apply(m, None)
             })
             .await;
             self.replay_groups = None;
@@ -373,14 +373,16 @@ impl StateStage {
     }
 
     /// Handles one repartition record; with `out`, emits partials and settles the offset there
-    /// (`None` while restoring).
-    fn apply(&mut self, q: i32, payload: &[u8], offset: i64, mut out: Option<&mut Outputs>) {
-        let record: RepartitionRecord = match serde_json::from_slice(payload) {
+    /// (`None` while restoring: a record that cannot be used was dead-lettered when read live).
+    fn apply(&mut self, m: Record<'_>, mut out: Option<&mut Outputs>) {
+        let (q, offset) = (m.partition, m.offset);
+        let record = match RepartitionRecord::decode(m.payload, self.state.engine.feature_set()) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(partition = q, offset, error = %e, "undecodable repartition record skipped");
                 if let Some(out) = out {
-                    out.done(q, offset);
+                    tracing::warn!(partition = q, offset, code = e.code, error = %e, "repartition record not usable, sent to the dead-letter topic");
+                    self.state
+                        .dead_letter(&self.producer, m, &e.reason, e.code, out);
                 }
                 return;
             }
