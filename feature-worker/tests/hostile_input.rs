@@ -354,8 +354,11 @@ fn bad_results(rng: &mut ChaCha8Rng, n: usize, set: &FeatureSet) -> Vec<Malforme
         .collect()
 }
 
+/// Records to produce: (key, payload).
+type KeyedPayloads = Vec<(Option<String>, Vec<u8>)>;
+
 /// `n` valid events, keyed by account.
-fn valid_events(tag: &str, n: usize) -> (HashSet<Uuid>, Vec<(Option<String>, Vec<u8>)>) {
+fn valid_events(tag: &str, n: usize) -> (HashSet<Uuid>, KeyedPayloads) {
     let mut ids = HashSet::new();
     let records = (0..n)
         .map(|i| {
@@ -445,7 +448,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_dead_letters_malformed_events_rules_and_lists_and_keeps_deciding() {
-    assert!(HUGE_EVENT_BYTES > riskstream_common::kafka::DLQ_MAX_PAYLOAD_BYTES);
+    const { assert!(HUGE_EVENT_BYTES > riskstream_common::kafka::DLQ_MAX_PAYLOAD_BYTES) };
     let topics = Topics::with_suffix(&riskstream_testkit::unique("hostile"));
     let broker = TestKafka::with_topics(2, &topics);
     let config = worker_config(&broker, &topics, WorkerMode::Local);

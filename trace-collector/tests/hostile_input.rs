@@ -72,7 +72,7 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
 }
 
 /// The trace id of the valid spans: one per valid record.
-const GOOD_TRACE: u128 = 0x0badc0de_0000_0000_0000_0000_0000_0000;
+const GOOD_TRACE: u128 = 0x0bad_c0de_0000_0000_0000_0000_0000_0000;
 
 const UNDECODABLE: &[&str] = &["undecodable"];
 
