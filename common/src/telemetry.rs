@@ -387,25 +387,96 @@ impl std::fmt::Debug for KafkaSpanExporter {
     }
 }
 
+/// The largest `otlp_spans` record the exporter writes: below Kafka's default
+/// `message.max.bytes` (1 MiB), so a full export batch of large spans is split rather than
+/// refused by the broker as `MessageSizeTooLarge`.
+pub const SPAN_RECORD_MAX_BYTES: usize = 512 * 1024;
+
+/// Splits `request` into requests of at most about `max_bytes` encoded each, keeping every
+/// span under its own resource and scope. A single span larger than `max_bytes` travels alone.
+pub fn split_request(
+    request: ExportTraceServiceRequest,
+    max_bytes: usize,
+) -> Vec<ExportTraceServiceRequest> {
+    if request.encoded_len() <= max_bytes {
+        return vec![request];
+    }
+    let mut out = Vec::new();
+    let mut current = ExportTraceServiceRequest::default();
+    let mut current_len = 0usize;
+    for rs in request.resource_spans {
+        let mut rs_head = rs.clone();
+        rs_head.scope_spans.clear();
+        for ss in rs.scope_spans {
+            let mut ss_head = ss.clone();
+            ss_head.spans.clear();
+            // Resource and scope are repeated in every piece; count them once per piece.
+            let head_len = rs_head.encoded_len() + ss_head.encoded_len() + 16;
+            for span in ss.spans {
+                let span_len = span.encoded_len() + 8;
+                if current_len > 0 && current_len + head_len + span_len > max_bytes {
+                    out.push(std::mem::take(&mut current));
+                    current_len = 0;
+                }
+                let same_head = current.resource_spans.last().is_some_and(|r| {
+                    r.resource == rs_head.resource
+                        && r.schema_url == rs_head.schema_url
+                        && r.scope_spans.last().is_some_and(|s| {
+                            s.scope == ss_head.scope && s.schema_url == ss_head.schema_url
+                        })
+                });
+                if !same_head {
+                    let mut r = rs_head.clone();
+                    r.scope_spans.push(ss_head.clone());
+                    current.resource_spans.push(r);
+                    current_len += head_len;
+                }
+                let r = current.resource_spans.last_mut().expect("pushed above");
+                r.scope_spans
+                    .last_mut()
+                    .expect("pushed above")
+                    .spans
+                    .push(span);
+                current_len += span_len;
+            }
+        }
+    }
+    if current_len > 0 {
+        out.push(current);
+    }
+    out
+}
+
 impl SpanExporter for KafkaSpanExporter {
     fn export(
         &self,
         batch: Vec<SpanData>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let request = self.request(batch);
-        let bytes = request.encode_to_vec();
-        let enqueued = self
-            .producer
-            .send_result(FutureRecord::<(), [u8]>::to(&self.topic).payload(&bytes))
-            .map_err(|(e, _)| OTelSdkError::InternalFailure(format!("enqueue spans: {e}")));
+        let pieces = split_request(self.request(batch), SPAN_RECORD_MAX_BYTES);
+        let enqueued: Result<Vec<_>, _> = pieces
+            .iter()
+            .map(|piece| {
+                let bytes = piece.encode_to_vec();
+                self.producer
+                    .send_result(FutureRecord::<(), [u8]>::to(&self.topic).payload(&bytes))
+                    .map_err(|(e, _)| OTelSdkError::InternalFailure(format!("enqueue spans: {e}")))
+            })
+            .collect();
         async move {
-            match enqueued?.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(OTelSdkError::InternalFailure(format!(
-                    "spans not acknowledged: {e}"
-                ))),
-                Err(_) => Err(OTelSdkError::InternalFailure("span producer gone".into())),
+            for delivery in enqueued? {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        return Err(OTelSdkError::InternalFailure(format!(
+                            "spans not acknowledged: {e}"
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(OTelSdkError::InternalFailure("span producer gone".into()));
+                    }
+                }
             }
+            Ok(())
         }
     }
 
@@ -504,5 +575,142 @@ mod tests {
             problems.contains("telemetry.span_export_interval"),
             "{problems}"
         );
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, InstrumentationScope, KeyValue as PKv, any_value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message as _;
+
+    use super::*;
+
+    fn span(i: u32, attr_bytes: usize) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: i.to_be_bytes().repeat(2),
+            name: format!("span-{i}"),
+            attributes: vec![PKv {
+                key: "payload".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("x".repeat(attr_bytes))),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn resource(service: &str, scopes: &[(&str, std::ops::Range<u32>)]) -> ResourceSpans {
+        ResourceSpans {
+            resource: Some(PResource {
+                attributes: vec![PKv {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service.into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: scopes
+                .iter()
+                .map(|(scope, ids)| ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: (*scope).into(),
+                        ..Default::default()
+                    }),
+                    spans: ids.clone().map(|i| span(i, 900)).collect(),
+                    schema_url: String::new(),
+                })
+                .collect(),
+            schema_url: String::new(),
+        }
+    }
+
+    /// (service, scope, span name) of every span, in order.
+    fn flatten(requests: &[ExportTraceServiceRequest]) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for r in requests {
+            for rs in &r.resource_spans {
+                let service = match &rs.resource.as_ref().unwrap().attributes[0].value {
+                    Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(s)),
+                    }) => s.clone(),
+                    other => panic!("service name missing: {other:?}"),
+                };
+                for ss in &rs.scope_spans {
+                    let scope = ss.scope.as_ref().unwrap().name.clone();
+                    for s in &ss.spans {
+                        out.push((service.clone(), scope.clone(), s.name.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_batch_is_split_into_records_below_the_bound_and_keeps_every_span_under_its_resource()
+    {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                resource("ingest", &[("a", 0..700), ("b", 700..1300)]),
+                resource("worker", &[("c", 1300..2000)]),
+            ],
+        };
+        let whole = flatten(std::slice::from_ref(&request));
+        assert!(
+            request.encoded_len() > 1_000_000,
+            "the batch is larger than a Kafka record may be"
+        );
+        let pieces = split_request(request, SPAN_RECORD_MAX_BYTES);
+        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+        for p in &pieces {
+            assert!(
+                p.encoded_len() <= SPAN_RECORD_MAX_BYTES,
+                "{}",
+                p.encoded_len()
+            );
+            // Every piece decodes as the collector will read it.
+            let bytes = p.encode_to_vec();
+            assert_eq!(
+                &ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap(),
+                p
+            );
+        }
+        assert_eq!(
+            flatten(&pieces),
+            whole,
+            "every span once, in order, under its resource and scope"
+        );
+    }
+
+    #[test]
+    fn a_small_batch_stays_one_record_and_an_oversized_span_travels_alone() {
+        let small = ExportTraceServiceRequest {
+            resource_spans: vec![resource("ingest", &[("a", 0..3)])],
+        };
+        assert_eq!(
+            split_request(small.clone(), SPAN_RECORD_MAX_BYTES),
+            vec![small]
+        );
+        let mut big = resource("ingest", &[("a", 0..3)]);
+        big.scope_spans[0].spans[1] = span(1, 4_000);
+        let pieces = split_request(
+            ExportTraceServiceRequest {
+                resource_spans: vec![big],
+            },
+            2_500,
+        );
+        let counts: Vec<usize> = pieces
+            .iter()
+            .map(|p| p.resource_spans[0].scope_spans[0].spans.len())
+            .collect();
+        assert_eq!(counts, vec![1, 1, 1]);
     }
 }

@@ -45,6 +45,8 @@ fn worker_config(broker: &TestKafka, topics: &Topics, mode: WorkerMode) -> Confi
     w.idle_timeout = Duration::from_millis(50);
     w.reorder_wait = Duration::ZERO;
     w.mode = mode;
+    // Local mode cannot compute the shipped window outputs (a start-up error otherwise).
+    w.window_outputs = mode == WorkerMode::Keyed;
     config
 }
 

@@ -24,9 +24,14 @@ impl InputWatermark {
     }
 
     pub fn observe(&mut self, src_partition: i32, watermark_ms: i64, idle: bool) {
+        // Decoders refuse impossible partitions; this bound keeps a bad marker from ever
+        // sizing the vector (a partition id is at most MAX_SOURCE_PARTITION).
         let Ok(i) = usize::try_from(src_partition) else {
             return;
         };
+        if src_partition > super::records::MAX_SOURCE_PARTITION {
+            return;
+        }
         if i >= self.marks.len() {
             // The events topic grew: the new source holds the watermark until heard from.
             self.marks.resize(i + 1, (i64::MIN, false));
@@ -112,6 +117,11 @@ mod tests {
         );
         w.observe(3, 9, false);
         assert_eq!(w.value_ms(), 5, "a new source partition counts");
+        // An impossible source partition (a hostile marker) never sizes the state.
+        w.observe(i32::MAX, 1, false);
+        w.observe(-1, 1, false);
+        assert_eq!(w.marks.len(), 5);
+        assert_eq!(w.value_ms(), 5);
     }
 
     #[test]

@@ -365,7 +365,7 @@ impl WindowsStage {
     /// Handles one repartition record of `q`. With `out` (live) its emissions are produced;
     /// without (a replay) they were the previous owner's.
     fn apply(&mut self, q: i32, payload: &[u8], offset: i64, out: Option<&mut Outputs>) {
-        let record: RepartitionRecord = match serde_json::from_slice(payload) {
+        let record = match RepartitionRecord::decode(payload, self.state.engine.feature_set()) {
             Ok(r) => r,
             Err(e) => {
                 if out.is_some() {
