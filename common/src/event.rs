@@ -383,8 +383,10 @@ impl EventDecoder {
         let mut unknown: Vec<&String> = obj.keys().collect();
         unknown.sort();
         for k in unknown {
+            // An empty name is shown quoted, so the error still names the field.
+            let field = if k.is_empty() { "\"\"" } else { k.as_str() };
             errors.push(FieldError::new(
-                k.as_str(),
+                field,
                 "unknown_field",
                 "is not an event field (put free data under attributes)",
             ));
@@ -688,6 +690,18 @@ mod tests {
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn an_unknown_field_with_an_empty_name_is_still_named() {
+        // Found by the event_decoder fuzz target: `{"": 0}` gave a field error whose field
+        // was empty.
+        let err = dec()
+            .decode_slice(br#"{"event_time": 0, "account_id": "a", "": 0}"#, NOW)
+            .unwrap_err();
+        assert_eq!(err.errors.len(), 1, "{err}");
+        assert_eq!(err.errors[0].field, "\"\"");
+        assert_eq!(err.errors[0].code, "unknown_field");
     }
 
     proptest! {

@@ -29,6 +29,14 @@ pub mod topic {
     pub const REPARTITION: &str = "features.repartition";
     /// Per-event partial feature results, keyed by event id, gathered for scoring.
     pub const FEATURE_RESULTS: &str = "features.partial";
+    /// Window outputs: per (definition, entity key, window) aggregates at window close and
+    /// their late updates.
+    pub const WINDOW_OUTPUTS: &str = "window_outputs";
+    /// Events too late for a window output (every window of theirs already final).
+    pub const WINDOW_OUTPUTS_LATE: &str = "window_outputs.late";
+    /// Keyed state changelog (compacted): the newest state per (feature group, entity key),
+    /// co-partitioned with the repartition topic; restored from on assignment.
+    pub const CHANGELOG: &str = "features.changelog";
 }
 
 /// Header names the pipeline reads and writes.
@@ -42,6 +50,26 @@ pub mod header {
     pub const DLQ_SOURCE_TOPIC: &str = "riskstream-dlq-source-topic";
     pub const DLQ_SOURCE_PARTITION: &str = "riskstream-dlq-source-partition";
     pub const DLQ_SOURCE_OFFSET: &str = "riskstream-dlq-source-offset";
+    /// On a dead letter whose payload was cut to [`super::DLQ_MAX_PAYLOAD_BYTES`]: the
+    /// original payload's size in bytes.
+    pub const DLQ_TRUNCATED_FROM: &str = "riskstream-dlq-truncated-from";
+}
+
+/// Largest payload a dead letter carries whole. A poison record can be larger than any
+/// producer may send (it reached the topic compressed): its first this many bytes are copied,
+/// with [`header::DLQ_TRUNCATED_FROM`], rather than retrying a copy Kafka can never take.
+pub const DLQ_MAX_PAYLOAD_BYTES: usize = 512 * 1024;
+
+/// The payload a dead letter of `payload` carries, and the original size when it was cut.
+pub fn dead_letter_payload(payload: &[u8]) -> (&[u8], Option<String>) {
+    if payload.len() <= DLQ_MAX_PAYLOAD_BYTES {
+        (payload, None)
+    } else {
+        (
+            &payload[..DLQ_MAX_PAYLOAD_BYTES],
+            Some(payload.len().to_string()),
+        )
+    }
 }
 
 /// Topic names in use (defaults from [`topic`]).
@@ -50,7 +78,8 @@ pub mod header {
 pub struct Topics {
     /// Transactions from ingest and `produce` (key: the partition key, header `traceparent`).
     pub events: String,
-    /// Events that could not be decoded (poison), copied with the reason in headers.
+    /// Records the worker cannot use (poison events, undecodable internal records, rejected
+    /// control records), copied with the reason in headers.
     pub events_dlq: String,
     /// Copies of events later than the allowed lateness (still decided), for replay.
     pub events_late: String,
@@ -58,7 +87,7 @@ pub struct Topics {
     pub decisions: String,
     /// OTLP spans of every service (protobuf `ExportTraceServiceRequest`), read by the collector.
     pub otlp_spans: String,
-    /// Span records the collector could not decode, with the reason in headers.
+    /// Spans and decisions the collector cannot store, with the reason in headers.
     pub spans_dlq: String,
     /// Rule-set updates (compacted; one key keeps them in order).
     pub rules: String,
@@ -68,6 +97,13 @@ pub struct Topics {
     pub repartition: String,
     /// Per-event partial feature results, keyed by event id, gathered for scoring.
     pub feature_results: String,
+    /// Window outputs (keyed mode): one record per emission of a `[[window_output]]` window, keyed by entity key; a late update re-emits the window with a higher count.
+    pub window_outputs: String,
+    /// Events too late for a window output (all their windows final), keyed by entity key.
+    pub window_outputs_late: String,
+    /// Keyed state changelog (compacted, co-partitioned with `repartition`): the newest state
+    /// of every (feature group, entity key), restored from when a partition is assigned.
+    pub changelog: String,
 }
 
 impl Default for Topics {
@@ -83,6 +119,9 @@ impl Default for Topics {
             lists: topic::LISTS.into(),
             repartition: topic::REPARTITION.into(),
             feature_results: topic::FEATURE_RESULTS.into(),
+            window_outputs: topic::WINDOW_OUTPUTS.into(),
+            window_outputs_late: topic::WINDOW_OUTPUTS_LATE.into(),
+            changelog: topic::CHANGELOG.into(),
         }
     }
 }
@@ -103,6 +142,9 @@ impl Topics {
             lists: s(d.lists),
             repartition: s(d.repartition),
             feature_results: s(d.feature_results),
+            window_outputs: s(d.window_outputs),
+            window_outputs_late: s(d.window_outputs_late),
+            changelog: s(d.changelog),
         }
     }
 
@@ -119,6 +161,9 @@ impl Topics {
             &self.lists,
             &self.repartition,
             &self.feature_results,
+            &self.window_outputs,
+            &self.window_outputs_late,
+            &self.changelog,
         ]
     }
 }

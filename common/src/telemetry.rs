@@ -52,6 +52,15 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// Share of new traces sampled (0..=1); a caller's sampled flag is always followed.
     pub sampling_ratio: f64,
+    /// Spans buffered for export; a span finished while the buffer is full is dropped (the SDK
+    /// warns once and reports the count at shutdown). At the SDK's default (2,048) a worker
+    /// deciding 6k events/s dropped most of its spans.
+    pub span_queue_len: usize,
+    /// Most spans per export (one `otlp_spans` record or OTLP request).
+    pub span_batch_len: usize,
+    /// How often buffered spans are exported when fewer than `span_batch_len` are waiting.
+    #[serde(with = "humantime_serde")]
+    pub span_export_interval: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -62,6 +71,9 @@ impl Default for TelemetryConfig {
             traces_exporter: exporter::KAFKA.into(),
             otlp_endpoint: "http://127.0.0.1:4318/v1/traces".into(),
             sampling_ratio: 1.0,
+            span_queue_len: 65_536,
+            span_batch_len: 4_096,
+            span_export_interval: Duration::from_secs(1),
         }
     }
 }
@@ -95,7 +107,33 @@ impl TelemetryConfig {
                 self.sampling_ratio
             ));
         }
+        if self.span_queue_len == 0 || self.span_batch_len == 0 {
+            v.push(
+                "telemetry.span_queue_len and telemetry.span_batch_len must be at least 1".into(),
+            );
+        }
+        if self.span_batch_len > self.span_queue_len {
+            v.push(format!(
+                "telemetry.span_batch_len ({}) must not exceed telemetry.span_queue_len ({})",
+                self.span_batch_len, self.span_queue_len
+            ));
+        }
+        if self.span_export_interval.is_zero() {
+            v.push("telemetry.span_export_interval must be more than 0".into());
+        }
         v
+    }
+
+    /// The span batching of this configuration (the demo exports more often).
+    fn batch_config(
+        &self,
+        export_interval: Option<Duration>,
+    ) -> opentelemetry_sdk::trace::BatchConfig {
+        opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(self.span_queue_len)
+            .with_max_export_batch_size(self.span_batch_len.min(self.span_queue_len))
+            .with_scheduled_delay(export_interval.unwrap_or(self.span_export_interval))
+            .build()
     }
 }
 
@@ -235,20 +273,17 @@ fn build_provider(
         exporter::KAFKA => {
             let kafka = kafka?;
             match KafkaSpanExporter::new(kafka) {
-                Ok(e) => Some(match demo_export_delay {
-                    None => builder.with_batch_exporter(e).build(),
-                    Some(delay) => {
-                        let config = opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                            .with_scheduled_delay(delay)
-                            .build();
-                        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(
-                            e.with_services(DEMO_SERVICES),
-                        )
-                        .with_batch_config(config)
+                Ok(e) => {
+                    let e = if demo_export_delay.is_some() {
+                        e.with_services(DEMO_SERVICES)
+                    } else {
+                        e
+                    };
+                    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(e)
+                        .with_batch_config(cfg.batch_config(demo_export_delay))
                         .build();
-                        builder.with_span_processor(processor).build()
-                    }
-                }),
+                    Some(builder.with_span_processor(processor).build())
+                }
                 Err(e) => {
                     eprintln!("warning: span export to kafka disabled: {e}");
                     None
@@ -261,7 +296,12 @@ fn build_provider(
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
             use opentelemetry_otlp::WithExportConfig as _;
             match exporter.with_endpoint(cfg.otlp_endpoint.clone()).build() {
-                Ok(e) => Some(builder.with_batch_exporter(e).build()),
+                Ok(e) => {
+                    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(e)
+                        .with_batch_config(cfg.batch_config(demo_export_delay))
+                        .build();
+                    Some(builder.with_span_processor(processor).build())
+                }
                 Err(e) => {
                     eprintln!("warning: otlp span export disabled: {e}");
                     None
@@ -347,25 +387,96 @@ impl std::fmt::Debug for KafkaSpanExporter {
     }
 }
 
+/// The largest `otlp_spans` record the exporter writes: below Kafka's default
+/// `message.max.bytes` (1 MiB), so a full export batch of large spans is split rather than
+/// refused by the broker as `MessageSizeTooLarge`.
+pub const SPAN_RECORD_MAX_BYTES: usize = 512 * 1024;
+
+/// Splits `request` into requests of at most about `max_bytes` encoded each, keeping every
+/// span under its own resource and scope. A single span larger than `max_bytes` travels alone.
+pub fn split_request(
+    request: ExportTraceServiceRequest,
+    max_bytes: usize,
+) -> Vec<ExportTraceServiceRequest> {
+    if request.encoded_len() <= max_bytes {
+        return vec![request];
+    }
+    let mut out = Vec::new();
+    let mut current = ExportTraceServiceRequest::default();
+    let mut current_len = 0usize;
+    for rs in request.resource_spans {
+        let mut rs_head = rs.clone();
+        rs_head.scope_spans.clear();
+        for ss in rs.scope_spans {
+            let mut ss_head = ss.clone();
+            ss_head.spans.clear();
+            // Resource and scope are repeated in every piece; count them once per piece.
+            let head_len = rs_head.encoded_len() + ss_head.encoded_len() + 16;
+            for span in ss.spans {
+                let span_len = span.encoded_len() + 8;
+                if current_len > 0 && current_len + head_len + span_len > max_bytes {
+                    out.push(std::mem::take(&mut current));
+                    current_len = 0;
+                }
+                let same_head = current.resource_spans.last().is_some_and(|r| {
+                    r.resource == rs_head.resource
+                        && r.schema_url == rs_head.schema_url
+                        && r.scope_spans.last().is_some_and(|s| {
+                            s.scope == ss_head.scope && s.schema_url == ss_head.schema_url
+                        })
+                });
+                if !same_head {
+                    let mut r = rs_head.clone();
+                    r.scope_spans.push(ss_head.clone());
+                    current.resource_spans.push(r);
+                    current_len += head_len;
+                }
+                let r = current.resource_spans.last_mut().expect("pushed above");
+                r.scope_spans
+                    .last_mut()
+                    .expect("pushed above")
+                    .spans
+                    .push(span);
+                current_len += span_len;
+            }
+        }
+    }
+    if current_len > 0 {
+        out.push(current);
+    }
+    out
+}
+
 impl SpanExporter for KafkaSpanExporter {
     fn export(
         &self,
         batch: Vec<SpanData>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let request = self.request(batch);
-        let bytes = request.encode_to_vec();
-        let enqueued = self
-            .producer
-            .send_result(FutureRecord::<(), [u8]>::to(&self.topic).payload(&bytes))
-            .map_err(|(e, _)| OTelSdkError::InternalFailure(format!("enqueue spans: {e}")));
+        let pieces = split_request(self.request(batch), SPAN_RECORD_MAX_BYTES);
+        let enqueued: Result<Vec<_>, _> = pieces
+            .iter()
+            .map(|piece| {
+                let bytes = piece.encode_to_vec();
+                self.producer
+                    .send_result(FutureRecord::<(), [u8]>::to(&self.topic).payload(&bytes))
+                    .map_err(|(e, _)| OTelSdkError::InternalFailure(format!("enqueue spans: {e}")))
+            })
+            .collect();
         async move {
-            match enqueued?.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(OTelSdkError::InternalFailure(format!(
-                    "spans not acknowledged: {e}"
-                ))),
-                Err(_) => Err(OTelSdkError::InternalFailure("span producer gone".into())),
+            for delivery in enqueued? {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        return Err(OTelSdkError::InternalFailure(format!(
+                            "spans not acknowledged: {e}"
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(OTelSdkError::InternalFailure("span producer gone".into()));
+                    }
+                }
             }
+            Ok(())
         }
     }
 
@@ -427,5 +538,179 @@ pub fn link_span(span: &tracing::Span, parent: Option<&TraceParent>) -> TracePar
             Some(p) => p.child(),
             None => TraceParent::new_root(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_span_buffer_holds_seconds_of_a_busy_worker_not_the_sdks_2048() {
+        let cfg = TelemetryConfig::default();
+        assert!(cfg.validate().is_empty());
+        // BatchConfig's fields are private: its Debug form is what can be read.
+        let batch = format!("{:?}", cfg.batch_config(None));
+        assert!(batch.contains("max_queue_size: 65536"), "{batch}");
+        assert!(batch.contains("max_export_batch_size: 4096"), "{batch}");
+        assert!(batch.contains("scheduled_delay: 1s"), "{batch}");
+        let demo = format!("{:?}", cfg.batch_config(Some(Duration::from_millis(300))));
+        assert!(demo.contains("scheduled_delay: 300ms"), "{demo}");
+    }
+
+    #[test]
+    fn a_span_batch_larger_than_the_buffer_or_a_zero_interval_is_refused_by_name() {
+        let cfg = TelemetryConfig {
+            span_queue_len: 100,
+            span_batch_len: 200,
+            span_export_interval: Duration::ZERO,
+            ..TelemetryConfig::default()
+        };
+        let problems = cfg.validate().join("\n");
+        assert!(
+            problems.contains("telemetry.span_batch_len (200)"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("telemetry.span_export_interval"),
+            "{problems}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, InstrumentationScope, KeyValue as PKv, any_value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message as _;
+
+    use super::*;
+
+    fn span(i: u32, attr_bytes: usize) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: i.to_be_bytes().repeat(2),
+            name: format!("span-{i}"),
+            attributes: vec![PKv {
+                key: "payload".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("x".repeat(attr_bytes))),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn resource(service: &str, scopes: &[(&str, std::ops::Range<u32>)]) -> ResourceSpans {
+        ResourceSpans {
+            resource: Some(PResource {
+                attributes: vec![PKv {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service.into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: scopes
+                .iter()
+                .map(|(scope, ids)| ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: (*scope).into(),
+                        ..Default::default()
+                    }),
+                    spans: ids.clone().map(|i| span(i, 900)).collect(),
+                    schema_url: String::new(),
+                })
+                .collect(),
+            schema_url: String::new(),
+        }
+    }
+
+    /// (service, scope, span name) of every span, in order.
+    fn flatten(requests: &[ExportTraceServiceRequest]) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for r in requests {
+            for rs in &r.resource_spans {
+                let service = match &rs.resource.as_ref().unwrap().attributes[0].value {
+                    Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(s)),
+                    }) => s.clone(),
+                    other => panic!("service name missing: {other:?}"),
+                };
+                for ss in &rs.scope_spans {
+                    let scope = ss.scope.as_ref().unwrap().name.clone();
+                    for s in &ss.spans {
+                        out.push((service.clone(), scope.clone(), s.name.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_batch_is_split_into_records_below_the_bound_and_keeps_every_span_under_its_resource()
+    {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                resource("ingest", &[("a", 0..700), ("b", 700..1300)]),
+                resource("worker", &[("c", 1300..2000)]),
+            ],
+        };
+        let whole = flatten(std::slice::from_ref(&request));
+        assert!(
+            request.encoded_len() > 1_000_000,
+            "the batch is larger than a Kafka record may be"
+        );
+        let pieces = split_request(request, SPAN_RECORD_MAX_BYTES);
+        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+        for p in &pieces {
+            assert!(
+                p.encoded_len() <= SPAN_RECORD_MAX_BYTES,
+                "{}",
+                p.encoded_len()
+            );
+            // Every piece decodes as the collector will read it.
+            let bytes = p.encode_to_vec();
+            assert_eq!(
+                &ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap(),
+                p
+            );
+        }
+        assert_eq!(
+            flatten(&pieces),
+            whole,
+            "every span once, in order, under its resource and scope"
+        );
+    }
+
+    #[test]
+    fn a_small_batch_stays_one_record_and_an_oversized_span_travels_alone() {
+        let small = ExportTraceServiceRequest {
+            resource_spans: vec![resource("ingest", &[("a", 0..3)])],
+        };
+        assert_eq!(
+            split_request(small.clone(), SPAN_RECORD_MAX_BYTES),
+            vec![small]
+        );
+        let mut big = resource("ingest", &[("a", 0..3)]);
+        big.scope_spans[0].spans[1] = span(1, 4_000);
+        let pieces = split_request(
+            ExportTraceServiceRequest {
+                resource_spans: vec![big],
+            },
+            2_500,
+        );
+        let counts: Vec<usize> = pieces
+            .iter()
+            .map(|p| p.resource_spans[0].scope_spans[0].spans.len())
+            .collect();
+        assert_eq!(counts, vec![1, 1, 1]);
     }
 }

@@ -22,16 +22,19 @@ use crate::kafka::{KafkaConfig, Topics};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Provision {
-    /// Partitions of the data topics (events, decisions, spans) and of the internal keyBy
-    /// topics: the most workers (per stage) that can share the load.
+    /// Partitions of the data topics (events, decisions, spans, window outputs) and of the
+    /// internal keyBy topics: the most workers (per stage) that can share the load.
     pub partitions: i32,
     /// Replication factor; `-1` takes the broker's `default.replication.factor`.
     pub replication_factor: i32,
-    /// Retention of events, decisions and spans.
+    /// Retention of events, decisions, spans and window outputs.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
-    /// Retention of the internal keyBy topics (repartition, partials). Keyed state is rebuilt
-    /// from the repartition topic, so it must cover the longest window plus allowed lateness.
+    /// Retention of the internal keyBy topics (repartition, partials). Keyed state is restored
+    /// from the compacted changelog; the repartition topic is replayed only as a fallback
+    /// (state written for other feature definitions), which is exact when this covers the
+    /// longest window plus allowed lateness (of features and of window outputs, whose stage
+    /// restores from the repartition topic).
     #[serde(with = "humantime_serde")]
     pub internal_retention: Duration,
     /// Retention of the dead-letter and late side outputs.
@@ -55,7 +58,8 @@ impl Default for Provision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TopicRole {
-    /// Events, decisions, spans: partitioned for parallelism, retained for replay.
+    /// Events, decisions, spans, window outputs: partitioned for parallelism, retained for
+    /// replay.
     Data,
     /// keyBy repartition and partial results: partitioned like data, shorter retention.
     Internal,
@@ -63,7 +67,16 @@ pub enum TopicRole {
     SideOutput,
     /// Rules and lists: one partition (one total order), kept forever (replayed at start).
     Control,
+    /// The keyed state changelog: partitioned like the repartition topic, compacted (the
+    /// newest record per key is kept forever; tombstones for a day).
+    Changelog,
 }
+
+/// Segment size of changelog topics: compaction never touches the active segment, and a
+/// restore reads every record of it, so it is kept small.
+pub const CHANGELOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// A changelog segment is closed (and becomes compactable) after this long at the latest.
+pub const CHANGELOG_SEGMENT_MS: u64 = 10 * 60 * 1000;
 
 /// One topic as it should exist.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,9 +101,20 @@ impl TopicSpec {
             TopicRole::Internal => (p.partitions, retention_ms(p.internal_retention)),
             TopicRole::SideOutput => (1, retention_ms(p.side_output_retention)),
             TopicRole::Control => (1, "-1".to_string()),
+            TopicRole::Changelog => (p.partitions, "-1".to_string()),
         };
         let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "delete".to_string());
+        if role == TopicRole::Changelog {
+            configs.insert("cleanup.policy".to_string(), "compact".to_string());
+            configs.insert(
+                "segment.bytes".to_string(),
+                CHANGELOG_SEGMENT_BYTES.to_string(),
+            );
+            configs.insert("segment.ms".to_string(), CHANGELOG_SEGMENT_MS.to_string());
+            configs.insert("min.cleanable.dirty.ratio".to_string(), "0.3".to_string());
+        } else {
+            configs.insert("cleanup.policy".to_string(), "delete".to_string());
+        }
         configs.insert("retention.ms".to_string(), retention);
         // Event time travels as the record timestamp; keep the producer's.
         configs.insert(
@@ -115,10 +139,13 @@ impl Topics {
             (&self.events, Data),
             (&self.decisions, Data),
             (&self.otlp_spans, Data),
+            (&self.window_outputs, Data),
             (&self.repartition, Internal),
             (&self.feature_results, Internal),
+            (&self.changelog, Changelog),
             (&self.events_dlq, SideOutput),
             (&self.events_late, SideOutput),
+            (&self.window_outputs_late, SideOutput),
             (&self.spans_dlq, SideOutput),
             (&self.rules, Control),
             (&self.lists, Control),
@@ -240,6 +267,66 @@ pub fn partition_counts(
         .collect())
 }
 
+/// The value of config `name` of `topic` as the cluster has it (`None`: not reported).
+pub async fn topic_config(
+    kafka: &KafkaConfig,
+    topic: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Option<String>, TopicError> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.client_config().create().map_err(TopicError::Client)?;
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await
+        .map_err(|source| TopicError::Metadata {
+            brokers: kafka.brokers.clone(),
+            source,
+        })?;
+    let resource = match results.into_iter().next() {
+        Some(Ok(resource)) => resource,
+        Some(Err(code)) => {
+            return Err(TopicError::Metadata {
+                brokers: kafka.brokers.clone(),
+                source: KafkaError::AdminOp(code),
+            });
+        }
+        None => {
+            return Err(TopicError::Metadata {
+                brokers: kafka.brokers.clone(),
+                source: KafkaError::AdminOpCreation(format!("no configuration of `{topic}`")),
+            });
+        }
+    };
+    Ok(resource.get(name).and_then(|e| e.value.clone()))
+}
+
+/// Fails unless `topic` is compacted (`cleanup.policy` includes `compact`): a changelog on a
+/// deleting topic would lose the state of every key not updated within its retention.
+pub async fn require_compacted(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), TopicError> {
+    let policy = topic_config(kafka, topic, "cleanup.policy", timeout).await?;
+    if policy.as_deref().is_some_and(is_compacting) {
+        return Ok(());
+    }
+    Err(TopicError::Check {
+        brokers: kafka.brokers.clone(),
+        problems: vec![format!(
+            "topic `{topic}` has cleanup.policy={} but it must be compacted (cleanup.policy=compact)",
+            policy.as_deref().unwrap_or("?")
+        )],
+    })
+}
+
+fn is_compacting(policy: &str) -> bool {
+    policy.split(',').any(|p| p.trim() == "compact")
+}
+
 /// A service's requirement on one topic, checked at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement<'a> {
@@ -324,6 +411,10 @@ mod tests {
         assert_eq!(by(&t.events).partitions, 6);
         assert_eq!(by(&t.repartition).partitions, 6);
         assert_eq!(by(&t.events_dlq).partitions, 1);
+        assert_eq!(by(&t.window_outputs).partitions, 6);
+        assert_eq!(by(&t.window_outputs).role, TopicRole::Data);
+        assert_eq!(by(&t.window_outputs_late).partitions, 1);
+        assert_eq!(by(&t.window_outputs_late).role, TopicRole::SideOutput);
         assert_eq!(by(&t.rules).partitions, 1);
         assert_eq!(by(&t.rules).configs["retention.ms"], "-1");
         assert_eq!(
@@ -331,6 +422,16 @@ mod tests {
             (7 * 24 * 3600 * 1000u64).to_string()
         );
         assert_eq!(by(&t.decisions).configs["cleanup.policy"], "delete");
+        let changelog = by(&t.changelog);
+        assert_eq!(changelog.configs["cleanup.policy"], "compact");
+        assert_eq!(changelog.configs["retention.ms"], "-1");
+        assert_eq!(
+            changelog.partitions,
+            by(&t.repartition).partitions,
+            "co-partitioned with the repartition topic"
+        );
+        assert!(is_compacting("compact") && is_compacting("delete, compact"));
+        assert!(!is_compacting("delete"));
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub enum WorkerError {
     Serve(std::io::Error),
     #[error("keyed mode: {0}")]
     Keyed(#[from] KeyedError),
+    /// Local mode has no repartition topic to compute window outputs on.
+    #[error(
+        "{}: window outputs ({}) need worker.mode = \"keyed\"; in local mode set worker.window_outputs = false or remove the [[window_output]] tables",
+        path.display(),
+        names.join(", ")
+    )]
+    WindowOutputsInLocalMode { path: PathBuf, names: Vec<String> },
 }
 
 /// How the built worker reads `events`.
@@ -78,6 +85,19 @@ impl App {
             path: features_path.clone(),
             source,
         })?;
+        if config.worker.mode == WorkerMode::Local
+            && config.worker.window_outputs
+            && !set.window_outputs().is_empty()
+        {
+            return Err(WorkerError::WindowOutputsInLocalMode {
+                path: features_path.clone(),
+                names: set
+                    .window_outputs()
+                    .iter()
+                    .map(|o| o.name().to_string())
+                    .collect(),
+            });
+        }
         let scorer = Scorer::from_config(&config.worker.scoring, catalog_of(&set))?;
         // The rules file as the scorer just loaded it: the watcher applies only later changes.
         let control = Arc::new(ControlState::with_rules_file(

@@ -74,6 +74,13 @@ pub struct WorkerConfig {
     pub join_timeout: Duration,
     /// Keyed mode: most incomplete feature joins held (the oldest are given up beyond it).
     pub join_max_pending: u64,
+    /// Emit the `[[window_output]]` definitions of the features file (keyed mode: the windows stage, group `G.windows`). Local mode cannot compute them: set `false` there if the file defines any (start-up error otherwise).
+    pub window_outputs: bool,
+    /// Keyed mode: how often the state stage writes the state of the keys it updated to the
+    /// changelog topic (once per key per flush); input offsets are committed only after. A
+    /// longer interval writes hot keys less often and commits later.
+    #[serde(with = "humantime_serde")]
+    pub changelog_flush_interval: Duration,
     /// Bearer tokens and HTTP limits of the admin listener: the root `[auth]` and `[http]`
     /// sections, which the riskstream binary copies here (not a key of `[worker]`).
     /// Default: open.
@@ -100,6 +107,8 @@ impl Default for WorkerConfig {
             watermark_interval: Duration::from_millis(20),
             join_timeout: Duration::from_secs(120),
             join_max_pending: 1_000_000,
+            window_outputs: true,
+            changelog_flush_interval: Duration::from_millis(100),
             access: riskstream_auth::AccessConfig::default(),
         }
     }
@@ -130,6 +139,9 @@ impl WorkerConfig {
         }
         if self.watermark_interval.is_zero() {
             v.push("worker.watermark_interval must be positive".into());
+        }
+        if self.changelog_flush_interval.is_zero() {
+            v.push("worker.changelog_flush_interval must be positive".into());
         }
         if self.join_timeout.is_zero() || self.join_max_pending == 0 {
             v.push("worker.join_timeout and worker.join_max_pending must be positive".into());

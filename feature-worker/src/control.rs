@@ -9,7 +9,10 @@
 //! processing loop waits for at start, and the `rule_updates` / `list_updates` metrics.
 //!
 //! A rejected rule set is logged with every problem, counted, remembered for `GET /v1/rules`,
-//! and the running set is kept.
+//! and the running set is kept. A control record that is rejected when read live (not while
+//! replaying the backlog at start, which earlier workers already judged) is also copied to the
+//! dead-letter topic with its reason: one copy per running worker, since every worker reads
+//! every control record.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::encoding::EncodeLabelSet;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use riskstream_common::kafka::KafkaConfig;
 use riskstream_common::metrics::{Counter, Family, Registry};
@@ -29,11 +33,23 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use twox_hash::XxHash3_64;
 
+use crate::output::dead_letter;
+use crate::record::Record;
 use crate::scoring::rules::RuleProblem;
 use crate::scoring::{ListsError, RuleSetError, Scorer};
 
 /// The key to produce rule sets with: one key keeps every update on one partition, in order.
 pub const RULES_KEY: &str = "rules";
+
+/// Dead-letter codes of control records.
+pub mod code {
+    /// A `rules` record whose rule set was rejected (problems in the reason).
+    pub const INVALID_RULE_SET: &str = "invalid_rule_set";
+    /// A `rules` record that is not UTF-8 text.
+    pub const NOT_UTF8: &str = "not_utf8";
+    /// A `lists` record that is not a valid list update.
+    pub const INVALID_LIST_UPDATE: &str = "invalid_list_update";
+}
 
 /// Where an update came from (the `source` label).
 pub mod source {
@@ -360,6 +376,38 @@ async fn watch_rules_file(
     }
 }
 
+/// Applies one control record; the reason and code when it was rejected (a record without a
+/// payload, a compaction tombstone, is no update and ignored).
+fn apply_record(
+    scorer: &Scorer,
+    state: &ControlState,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    rules_topic: &str,
+    lists_topic: &str,
+) -> Option<(String, &'static str)> {
+    let payload = m.payload()?;
+    if m.topic() == rules_topic {
+        match std::str::from_utf8(payload) {
+            Ok(text) => state
+                .apply_rules(scorer, text, source::TOPIC)
+                .err()
+                .map(|e| (e.to_string(), code::INVALID_RULE_SET)),
+            Err(e) => {
+                ControlMetrics::count(&state.metrics.rule_updates, source::TOPIC, result::REJECTED);
+                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "rule set record is not utf-8, ignored");
+                Some((format!("rule set record is not utf-8: {e}"), code::NOT_UTF8))
+            }
+        }
+    } else if m.topic() == lists_topic {
+        state
+            .apply_list(scorer, payload, source::TOPIC)
+            .err()
+            .map(|e| (e.to_string(), code::INVALID_LIST_UPDATE))
+    } else {
+        None
+    }
+}
+
 /// Where the replay must reach before the worker counts as caught up: per (topic, partition),
 /// the high watermark at assignment.
 type Targets = HashMap<(String, i32), i64>;
@@ -413,19 +461,22 @@ async fn consume_topics(
     let rules_topic = cfg.kafka.topics.rules.clone();
     let lists_topic = cfg.kafka.topics.lists.clone();
     let mut backoff = Duration::from_millis(100);
-    let (consumer, mut targets) = loop {
+    let (consumer, producer, mut targets) = loop {
         let attempt = {
             let cfg = cfg.clone();
             let (rules_topic, lists_topic) = (rules_topic.clone(), lists_topic.clone());
-            tokio::task::spawn_blocking(move || -> Result<(StreamConsumer, Targets), KafkaError> {
-                let consumer = control_consumer(&cfg)?;
-                let targets = assign_from_beginning(
-                    &consumer,
-                    &[&rules_topic, &lists_topic],
-                    Duration::from_secs(5),
-                )?;
-                Ok((consumer, targets))
-            })
+            tokio::task::spawn_blocking(
+                move || -> Result<(StreamConsumer, FutureProducer, Targets), KafkaError> {
+                    let consumer = control_consumer(&cfg)?;
+                    let producer = cfg.kafka.producer()?;
+                    let targets = assign_from_beginning(
+                        &consumer,
+                        &[&rules_topic, &lists_topic],
+                        Duration::from_secs(5),
+                    )?;
+                    Ok((consumer, producer, targets))
+                },
+            )
             .await
             .map_err(|_| KafkaError::Canceled)
             .and_then(|r| r)
@@ -459,35 +510,25 @@ async fn consume_topics(
                 continue;
             }
         };
-        if let Some(payload) = m.payload() {
-            if m.topic() == rules_topic {
-                match std::str::from_utf8(payload) {
-                    Ok(text) => {
-                        let _ = state.apply_rules(scorer, text, source::TOPIC);
-                    }
-                    Err(e) => {
-                        ControlMetrics::count(
-                            &state.metrics.rule_updates,
-                            source::TOPIC,
-                            result::REJECTED,
-                        );
-                        tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "rule set record is not utf-8, ignored");
-                    }
-                }
-            } else if m.topic() == lists_topic {
-                let _ = state.apply_list(scorer, payload, source::TOPIC);
+        let key = (m.topic().to_string(), m.partition());
+        // Records of the backlog at start were judged (and dead-lettered) by the workers that
+        // read them live.
+        let live = targets.get(&key).is_none_or(|high| m.offset() >= *high);
+        let rejection = apply_record(scorer, state, &m, &rules_topic, &lists_topic);
+        if let (Some((reason, code)), true) = (rejection, live) {
+            let record = Record::from_message(&m);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = dead_letter(&producer, &cfg.kafka.topics.events_dlq, record, &reason, code) => {}
             }
         }
-        if !targets.is_empty() {
-            let key = (m.topic().to_string(), m.partition());
-            if targets
-                .get(&key)
-                .is_some_and(|high| m.offset() + 1 >= *high)
-            {
-                targets.remove(&key);
-                if targets.is_empty() {
-                    state.set_caught_up();
-                }
+        if targets
+            .get(&key)
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
+            targets.remove(&key);
+            if targets.is_empty() {
+                state.set_caught_up();
             }
         }
     }

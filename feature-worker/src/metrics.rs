@@ -30,6 +30,23 @@ pub struct CauseLabel {
     pub cause: String,
 }
 
+/// A window output's name (from the feature file: bounded) and what happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowOutputLabel {
+    pub output: String,
+    /// `emitted` (first emission of a window), `updated` (re-emission after a late event),
+    /// `too_late` (the event's windows were final: side output).
+    pub kind: String,
+}
+
+/// A dead letter's source topic (by role: `events`, `repartition`, `results`, `rules`,
+/// `lists`) and its code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub source: String,
+    pub code: String,
+}
+
 #[derive(Clone)]
 pub struct WorkerMetrics {
     pub registry: Arc<Registry>,
@@ -42,9 +59,15 @@ pub struct WorkerMetrics {
     pub state_keys: Gauge,
     pub state_bytes: Gauge,
     pub state_evictions: Family<CauseLabel, Counter>,
+    /// Records copied to the dead-letter topic, by source topic role and code.
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
     seen_evictions: Arc<[AtomicU64; 3]>,
-    /// Committed lag of each stage's consumer (`local`, `route`, `state`, `join`).
+    /// Committed lag of each stage's consumer (`local`, `route`, `state`, `join`, `windows`).
     pub consumer_lag: riskstream_common::lag::LagGauges,
+    /// Window outputs: emissions, updates and too-late events per definition.
+    pub window_outputs: Family<WindowOutputLabel, Counter>,
+    /// Windows kept (not yet final) by the windows stage, over its partitions.
+    pub window_outputs_open: Gauge,
 }
 
 impl WorkerMetrics {
@@ -57,6 +80,7 @@ impl WorkerMetrics {
         let state_keys = Gauge::default();
         let state_bytes = Gauge::default();
         let state_evictions = Family::<CauseLabel, Counter>::default();
+        let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         r.register(
             "events",
             "Events read, by result (decided, dlq)",
@@ -88,11 +112,28 @@ impl WorkerMetrics {
             "Keys evicted from window state by cause (size = state lost)",
             state_evictions.clone(),
         );
+        r.register(
+            "dead_letters",
+            "Records copied to the dead-letter topic, by source topic (events, repartition, results, rules, lists) and code",
+            dead_letters.clone(),
+        );
         let consumer_lag = riskstream_common::lag::LagGauges::default();
         r.register(
             "consumer_lag",
             "Messages behind the high watermark from the committed offsets, per stage's consumer",
             consumer_lag.clone(),
+        );
+        let window_outputs = Family::<WindowOutputLabel, Counter>::default();
+        r.register(
+            "window_outputs",
+            "Window outputs by definition and kind: emitted (a window at its close), updated (re-emitted after a late event within the allowed lateness), too_late (every window of the event final; to the side output)",
+            window_outputs.clone(),
+        );
+        let window_outputs_open = Gauge::default();
+        r.register(
+            "window_outputs_open",
+            "Windows the windows stage keeps (not yet past their allowed lateness)",
+            window_outputs_open.clone(),
         );
         Self {
             registry: Arc::new(r),
@@ -103,15 +144,41 @@ impl WorkerMetrics {
             state_keys,
             state_bytes,
             state_evictions,
+            dead_letters,
             seen_evictions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
             consumer_lag,
+            window_outputs,
+            window_outputs_open,
         }
+    }
+
+    /// One window-output emission or too-late event (`kind`: a fixed label).
+    pub fn window_output(&self, output: &str, kind: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.window_outputs
+            .get_or_create(&WindowOutputLabel {
+                output: output.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc_by(n);
     }
 
     pub fn event(&self, result: &str) {
         self.events
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// One record copied to the dead-letter topic.
+    pub fn dead_lettered(&self, source: &str, code: &str) {
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                source: source.to_string(),
+                code: code.to_string(),
             })
             .inc();
     }

@@ -12,7 +12,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use riskstream_common::Decision;
-use riskstream_common::kafka::header;
+use riskstream_common::kafka::{dead_letter_payload, header};
 use riskstream_common::trace_context::TraceParent;
 
 use crate::record::Record;
@@ -62,6 +62,8 @@ pub struct OutRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Option<OwnedHeaders>,
+    /// A null value (a tombstone on a compacted topic: the key is removed); `payload` unused.
+    pub tombstone: bool,
 }
 
 impl OutRecord {
@@ -72,11 +74,15 @@ impl OutRecord {
             key,
             payload,
             headers: None,
+            tombstone: false,
         }
     }
 
     fn try_enqueue(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&self.payload);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic);
+        if !self.tombstone {
+            record = record.payload(&self.payload);
+        }
         if let Some(k) = &self.key {
             record = record.key(k);
         }
@@ -229,8 +235,10 @@ pub fn send_decision(
     }
 }
 
-/// Copies a poison record to the dead-letter topic with its headers and the reason; the future
-/// resolves when Kafka acknowledged it.
+/// Copies a poison record (of any topic the worker reads) to the dead-letter topic with its
+/// headers and the reason (a payload too large for any producer cut to
+/// `DLQ_MAX_PAYLOAD_BYTES`, its size in a header); the future resolves when Kafka acknowledged
+/// it.
 pub fn dead_letter(
     producer: &FutureProducer,
     topic: &str,
@@ -238,7 +246,7 @@ pub fn dead_letter(
     reason: &str,
     code: &'static str,
 ) -> impl Future<Output = ()> + Send + use<> {
-    tracing::warn!(partition = m.partition, offset = m.offset, reason = %reason, "poison event sent to the dead-letter topic");
+    tracing::warn!(topic = m.topic, partition = m.partition, offset = m.offset, code, reason = %reason, "poison record sent to the dead-letter topic");
     let mut headers = OwnedHeaders::new();
     if let Some(h) = m.headers {
         for h in h.iter() {
@@ -249,13 +257,20 @@ pub fn dead_letter(
         }
     }
     let (src_part, src_off) = (m.partition.to_string(), m.offset.to_string());
+    let (payload, truncated_from) = dead_letter_payload(m.payload);
     for (k, v) in [
         (header::DLQ_REASON, reason),
         (header::DLQ_ERROR_CODE, code),
         (header::DLQ_SOURCE_TOPIC, m.topic),
         (header::DLQ_SOURCE_PARTITION, src_part.as_str()),
         (header::DLQ_SOURCE_OFFSET, src_off.as_str()),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        truncated_from
+            .as_deref()
+            .map(|size| (header::DLQ_TRUNCATED_FROM, size)),
+    ) {
         headers = headers.insert(Header {
             key: k,
             value: Some(v),
@@ -263,7 +278,7 @@ pub fn dead_letter(
     }
     let record = OutRecord {
         headers: Some(headers),
-        ..OutRecord::new(topic, m.key.map(<[u8]>::to_vec), m.payload.to_vec())
+        ..OutRecord::new(topic, m.key.map(<[u8]>::to_vec), payload.to_vec())
     };
     produce(producer, record).acknowledged()
 }

@@ -184,6 +184,11 @@ impl<T> PartitionClock<T> {
     pub fn buffered(&self) -> usize {
         self.waiting.len()
     }
+
+    /// The events waiting, in release order.
+    pub fn waiting(&self) -> impl Iterator<Item = &T> {
+        self.waiting.values().map(|(item, _)| item)
+    }
 }
 
 /// Which offsets of a partition are done (output acknowledged), and so which may be committed.

@@ -1,11 +1,12 @@
 //! What a worker's stages and its admin server share: the feature engine, the scorer, the
 //! metrics, the configuration and the control plane's state ([`WorkerState`]); the feature
-//! catalog the scorer validates rules and models against; decoding the `events` topic (poison
-//! to the dead-letter topic).
+//! catalog the scorer validates rules and models against; decoding the `events` topic and
+//! dead-lettering what any stage cannot use (poison to the dead-letter topic, with its reason).
 
 use std::sync::Arc;
 
 use rdkafka::producer::FutureProducer;
+use riskstream_common::kafka::Topics;
 use riskstream_common::{DecodeLimits, Event, EventDecoder, now_ms};
 
 use crate::config::Config;
@@ -56,6 +57,20 @@ pub fn events_decoder() -> EventDecoder {
     })
 }
 
+/// The `source` label of a dead letter: the role of the topic it was read from.
+pub fn source_label(topics: &Topics, topic: &str) -> &'static str {
+    [
+        (&topics.events, "events"),
+        (&topics.repartition, "repartition"),
+        (&topics.feature_results, "results"),
+        (&topics.rules, "rules"),
+        (&topics.lists, "lists"),
+    ]
+    .into_iter()
+    .find(|(t, _)| t.as_str() == topic)
+    .map_or("other", |(_, label)| label)
+}
+
 impl WorkerState {
     /// The event of a record of `events`, or `None` for poison: counted and copied to the
     /// dead-letter topic (the record is done when the copy is acknowledged).
@@ -70,11 +85,27 @@ impl WorkerState {
             Ok(e) => Some(e),
             Err(err) => {
                 self.metrics.event("dlq");
-                let topic = &self.config.kafka.topics.events_dlq;
-                let copy = dead_letter(producer, topic, m, &err.to_string(), err.code());
-                out.push(m.partition, m.offset, copy);
+                self.dead_letter(producer, m, &err.to_string(), err.code(), out);
                 None
             }
         }
+    }
+
+    /// Copies a record no stage can use (poison event, undecodable or impossible internal
+    /// record) to the dead-letter topic with its reason and code; the record is done when the
+    /// copy is acknowledged.
+    pub fn dead_letter(
+        &self,
+        producer: &FutureProducer,
+        m: Record<'_>,
+        reason: &str,
+        code: &'static str,
+        out: &mut Outputs,
+    ) {
+        self.metrics
+            .dead_lettered(source_label(&self.config.kafka.topics, m.topic), code);
+        let topic = &self.config.kafka.topics.events_dlq;
+        let copy = dead_letter(producer, topic, m, reason, code);
+        out.push(m.partition, m.offset, copy);
     }
 }

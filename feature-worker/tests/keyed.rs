@@ -345,6 +345,7 @@ async fn local_mode_still_gives_the_reference_values_on_one_partition() {
     let broker = TestKafka::start(1, &topics.all());
     let mut config = worker_config(&broker, &topics);
     config.worker.mode = WorkerMode::Local;
+    config.worker.window_outputs = false;
     config.worker.idle_timeout = Duration::from_millis(800);
     // The shipped definitions as they are, decided on arrival (processing order = the
     // partition's order).

@@ -421,6 +421,7 @@ async fn a_bad_rule_update_is_rejected_and_a_good_one_reaches_every_worker() {
     let mut late_cfg = worker_config(&broker, &topics, &riskstream_testkit::unique("late"));
     late_cfg.kafka.topics.events = format!("{}-other", topics.events);
     late_cfg.worker.mode = WorkerMode::Local;
+    late_cfg.worker.window_outputs = false;
     let w3 = TestWorker::spawn(late_cfg).await;
     let r = eventually("the late worker catches up", || async {
         let r = w3.rules().await;

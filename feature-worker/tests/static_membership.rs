@@ -41,6 +41,7 @@ async fn run_worker(broker: &TestKafka, topics: &Topics, instance: &str) -> (Str
     let group = riskstream_testkit::unique("static");
     config.worker.group_id = group.clone();
     config.worker.mode = WorkerMode::Local;
+    config.worker.window_outputs = false;
     let worker = TestWorker::spawn(config).await;
     let (k, g) = (broker.kafka_config(topics), group.clone());
     let ids = tokio::task::spawn_blocking(move || members(&k, &g, 1))

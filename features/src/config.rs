@@ -1,5 +1,7 @@
 //! Feature definitions: the TOML schema (`[[feature]]` tables), its validation (every problem
 //! collected and named by feature) and the compiled [`FeatureSet`], grouped by entity key.
+//! The file's `[[window_output]]` tables are validated by [`crate::window_output::config`] and
+//! kept in the set.
 //!
 //! See `docs/features.md` for the language and the window and aggregation semantics.
 
@@ -14,6 +16,7 @@ use riskstream_common::event::fields;
 use serde::{Deserialize, Serialize};
 
 use super::error::{FeatureConfigError, FeatureProblem};
+use crate::window_output::{self, WindowOutput, WindowOutputDef};
 
 /// Name of the TOML array of feature tables.
 pub const FEATURE_TABLE: &str = "feature";
@@ -427,7 +430,7 @@ pub(crate) struct CompiledPredicate {
 
 impl CompiledPredicate {
     #[inline]
-    fn matches(&self, e: &Event) -> bool {
+    pub(crate) fn matches(&self, e: &Event) -> bool {
         let f = self.field;
         match &self.condition {
             Condition::TextIn(vs) => f.str_of(e).is_some_and(|v| vs.iter().any(|x| x == v)),
@@ -535,10 +538,11 @@ impl FeatureGroup {
     }
 }
 
-/// The validated feature definitions, grouped by entity key.
+/// The validated feature definitions, grouped by entity key, and the window outputs over them.
 #[derive(Debug, Clone)]
 pub struct FeatureSet {
     groups: Vec<FeatureGroup>,
+    window_outputs: Vec<WindowOutput>,
 }
 
 #[derive(Deserialize)]
@@ -546,6 +550,8 @@ pub struct FeatureSet {
 struct FileDef {
     #[serde(default)]
     feature: Vec<toml::Value>,
+    #[serde(default)]
+    window_output: Vec<toml::Value>,
 }
 
 impl FeatureSet {
@@ -577,17 +583,29 @@ impl FeatureSet {
                 "no features defined: add [[feature]] tables",
             ));
         }
-        Self::from_defs_inner(defs, problems)
+        let mut output_problems = Vec::new();
+        let outputs = window_output::config::parse_defs(file.window_output, &mut output_problems);
+        Self::from_defs_inner(defs, problems, outputs, output_problems)
     }
 
     /// Validates definitions built in code.
     pub fn from_defs(defs: Vec<FeatureDef>) -> Result<Self, FeatureConfigError> {
-        Self::from_defs_inner(defs, Vec::new())
+        Self::from_defs_inner(defs, Vec::new(), Vec::new(), Vec::new())
+    }
+
+    /// Validates feature and window-output definitions built in code.
+    pub fn from_defs_with_outputs(
+        defs: Vec<FeatureDef>,
+        outputs: Vec<WindowOutputDef>,
+    ) -> Result<Self, FeatureConfigError> {
+        Self::from_defs_inner(defs, Vec::new(), outputs, Vec::new())
     }
 
     fn from_defs_inner(
         defs: Vec<FeatureDef>,
         mut problems: Vec<FeatureProblem>,
+        outputs: Vec<WindowOutputDef>,
+        output_problems: Vec<FeatureProblem>,
     ) -> Result<Self, FeatureConfigError> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut compiled = Vec::new();
@@ -609,6 +627,21 @@ impl FeatureSet {
                 compiled.push(c);
             }
         }
+        // The key specs of the groups, in group order (as grouped below), if every feature
+        // compiled: window outputs name one of them.
+        let mut specs: Vec<KeySpec> = Vec::new();
+        for (spec, _) in &compiled {
+            if !specs.contains(spec) {
+                specs.push(spec.clone());
+            }
+        }
+        let features_ok = problems.is_empty();
+        problems.extend(output_problems);
+        let window_outputs = window_output::config::compile_all(
+            outputs,
+            features_ok.then_some(specs.as_slice()),
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(FeatureConfigError::Invalid { problems });
         }
@@ -629,11 +662,19 @@ impl FeatureSet {
             g.longest_window_ms = g.longest_window_ms.max(feature.window.size_ms);
             g.features.push(feature);
         }
-        Ok(FeatureSet { groups })
+        Ok(FeatureSet {
+            groups,
+            window_outputs,
+        })
     }
 
     pub fn groups(&self) -> &[FeatureGroup] {
         &self.groups
+    }
+
+    /// The `[[window_output]]` definitions, in file order.
+    pub fn window_outputs(&self) -> &[WindowOutput] {
+        &self.window_outputs
     }
 
     /// The index of the group with this key spec name (`card_id+merchant_id`).
@@ -712,7 +753,7 @@ fn parse_def(i: usize, raw: toml::Value, problems: &mut Vec<FeatureProblem>) -> 
     }
 }
 
-fn duration_ms(
+pub(crate) fn duration_ms(
     what: &str,
     d: Duration,
     name: &str,
@@ -744,7 +785,7 @@ fn duration_ms(
     }
 }
 
-fn compile_window(
+pub(crate) fn compile_window(
     w: &WindowDef,
     name: &str,
     problems: &mut Vec<FeatureProblem>,
@@ -790,7 +831,11 @@ fn compile_window(
     })
 }
 
-fn compile_entity(entity: &str, name: &str, problems: &mut Vec<FeatureProblem>) -> Option<KeySpec> {
+pub(crate) fn compile_entity(
+    entity: &str,
+    name: &str,
+    problems: &mut Vec<FeatureProblem>,
+) -> Option<KeySpec> {
     if entity.is_empty() {
         problems.push(FeatureProblem::new(
             name,
@@ -897,7 +942,7 @@ fn compile_field(
     }
 }
 
-fn compile_predicate(
+pub(crate) fn compile_predicate(
     p: &Predicate,
     name: &str,
     problems: &mut Vec<FeatureProblem>,

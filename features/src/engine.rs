@@ -1,11 +1,14 @@
 //! The feature engine: the state of every (feature group, entity key) in one `moka` cache
 //! (bounded by approximate bytes, expired after the key retention plus a grace of wall-clock
 //! idleness, evictions counted by cause) and the update-and-read step the worker calls per
-//! event, in whatever order events arrive (see [`super::state`] and docs/features.md).
+//! event, in whatever order events arrive (see [`super::state`] and docs/features.md); one
+//! key's state exported as bytes and imported back ([`super::export`]), with the positions of
+//! the updates it reflects ([`crate::Applied`]), and a log of the keys the cache dropped on its own
+//! (expired, evicted for size) for whoever mirrors the state elsewhere.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use twox_hash::XxHash3_128;
 
 use super::config::{FeatureGroup, FeatureSet};
 use super::error::FeatureEngineError;
+use super::export::fingerprint;
 use super::state::{KeyState, UpdateOutcome};
 
 /// Estimated bytes moka itself spends per entry (hash table slot, key and entry metadata,
@@ -194,6 +198,18 @@ pub struct FeatureEngine {
     config: StateConfig,
     /// Per group: the effective key retention.
     retention_ms: Vec<i64>,
+    /// Per group: the fingerprint of its definitions (exported state is valid for it only).
+    fingerprints: Vec<u64>,
+    /// Keys the cache removed on its own (expired, evicted for size), once
+    /// [`FeatureEngine::log_removals`] turned the log on.
+    removed: Arc<RemovalLog>,
+}
+
+/// The keys the cache removed on its own, for [`FeatureEngine::take_removed`].
+#[derive(Debug, Default)]
+struct RemovalLog {
+    on: AtomicBool,
+    keys: Mutex<Vec<(u32, Box<str>)>>,
 }
 
 impl std::fmt::Debug for FeatureEngine {
@@ -224,6 +240,16 @@ impl FeatureEngine {
             .saturating_add(config.idle_grace);
         let group_names: Vec<String> = set.groups().iter().map(|g| g.key_spec().name()).collect();
         let listener_stats = Arc::clone(&stats);
+        let removed = Arc::new(RemovalLog::default());
+        let log = Arc::clone(&removed);
+        let note = move |slot: &Slot| {
+            if log.on.load(Ordering::Relaxed) {
+                log.keys
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((slot.group, slot.key.clone()));
+            }
+        };
         let cache = Cache::builder()
             .max_capacity(config.max_memory_bytes)
             // Plain LRU: a brand-new entity (a new card) must get state even when the cache is
@@ -234,11 +260,13 @@ impl FeatureEngine {
             .eviction_listener(move |_: Arc<StateKey>, slot: Arc<Slot>, cause| match cause {
                 RemovalCause::Expired => {
                     listener_stats.evicted_expired.fetch_add(1, Ordering::Relaxed);
+                    note(&slot);
                 }
                 RemovalCause::Explicit => {
                     listener_stats.evicted_explicit.fetch_add(1, Ordering::Relaxed);
                 }
                 RemovalCause::Size => {
+                    note(&slot);
                     let n = listener_stats.evicted_size.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_power_of_two() || n % SIZE_EVICTION_LOG_EVERY == 0 {
                         let group = group_names
@@ -255,12 +283,15 @@ impl FeatureEngine {
                 RemovalCause::Replaced => {}
             })
             .build_with_hasher(StateHasher::default());
+        let fingerprints = set.groups().iter().map(fingerprint).collect();
         Self {
             set,
             cache,
             stats,
             config,
             retention_ms,
+            fingerprints,
+            removed,
         }
     }
 
@@ -338,6 +369,19 @@ impl FeatureEngine {
         event: &Event,
         out: &mut Vec<FeatureValue>,
     ) -> Result<UpdateOutcome, FeatureEngineError> {
+        self.process_at_into(group_idx, key, event, None, out)
+    }
+
+    /// [`FeatureEngine::process_into`], recording `at` (source, offset) as applied to the key
+    /// (see [`FeatureEngine::admit`]).
+    pub fn process_at_into(
+        &self,
+        group_idx: usize,
+        key: &str,
+        event: &Event,
+        at: Option<(i32, i64)>,
+        out: &mut Vec<FeatureValue>,
+    ) -> Result<UpdateOutcome, FeatureEngineError> {
         let g = self.group(group_idx)?;
         let group = u32::try_from(group_idx).unwrap_or(u32::MAX);
         let slot = self.slot(group, key, g);
@@ -345,6 +389,9 @@ impl FeatureEngine {
             let mut st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
             let outcome =
                 st.update_and_read(g.features(), event, self.retention_ms(group_idx), out);
+            if let Some((source, offset)) = at {
+                st.applied.record(source, offset);
+            }
             (outcome, st.approx_bytes())
         };
         if outcome.out_of_order {
@@ -470,6 +517,99 @@ impl FeatureEngine {
             .unwrap_or_else(PoisonError::into_inner)
             .read_at(g.features(), now_ms, &mut values);
         Ok(Some(self.named(group_idx, values)))
+    }
+
+    /// An update of `key` from (`source`, `offset`) arrived: `false` if the key's state already
+    /// reflects it (recorded by [`FeatureEngine::process_at_into`], here or before an export),
+    /// `true` if it is to be applied (see [`crate::Applied::admit`]). No state is created.
+    pub fn admit(&self, group_idx: usize, key: &str, source: i32, offset: i64) -> bool {
+        let group = u32::try_from(group_idx).unwrap_or(u32::MAX);
+        match self.cache.get(&StateKey::of(group, key)) {
+            Some(slot) if slot.is(group, key) => slot
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .applied
+                .admit(source, offset),
+            _ => true,
+        }
+    }
+
+    /// The state of `key` in group `group_idx` as bytes (`None`: no state), with `waiting`
+    /// (positions the caller admitted but has not applied yet) marked as not applied. Import it
+    /// with [`FeatureEngine::import_key`] into an engine of the same definitions.
+    pub fn export_key(
+        &self,
+        group_idx: usize,
+        key: &str,
+        waiting: impl IntoIterator<Item = (i32, i64)>,
+    ) -> Result<Option<Vec<u8>>, FeatureEngineError> {
+        self.group(group_idx)?;
+        let group = u32::try_from(group_idx).unwrap_or(u32::MAX);
+        let Some(slot) = self.cache.get(&StateKey::of(group, key)) else {
+            return Ok(None);
+        };
+        if !slot.is(group, key) {
+            return Ok(None);
+        }
+        let st = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let applied = st.applied.exported(waiting);
+        Ok(Some(st.export(self.fingerprints[group_idx], &applied)))
+    }
+
+    /// Sets the state of `key` in group `group_idx` to what [`FeatureEngine::export_key`]
+    /// exported (replacing any state it has). Refused for state of other definitions of the
+    /// group or bytes that are not an export.
+    pub fn import_key(
+        &self,
+        group_idx: usize,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(), FeatureEngineError> {
+        let g = self.group(group_idx)?;
+        let state = KeyState::import(bytes, self.fingerprints[group_idx], g.features())
+            .map_err(|source| FeatureEngineError::Import { group_idx, source })?;
+        let group = u32::try_from(group_idx).unwrap_or(u32::MAX);
+        let slot = Arc::new(Slot {
+            group,
+            key: key.into(),
+            weight_bytes: AtomicU32::new(weight_of(state.approx_bytes(), key)),
+            state: Mutex::new(state),
+        });
+        self.cache.insert(StateKey::of(group, key), slot);
+        Ok(())
+    }
+
+    /// Removes the state of one key (an explicit removal, not logged).
+    pub fn remove_key(&self, group_idx: usize, key: &str) {
+        let group = u32::try_from(group_idx).unwrap_or(u32::MAX);
+        self.cache.invalidate(&StateKey::of(group, key));
+    }
+
+    /// Whether `key` of group `group_idx` has state.
+    pub fn contains_key(&self, group_idx: usize, key: &str) -> bool {
+        let group = u32::try_from(group_idx).unwrap_or(u32::MAX);
+        self.cache
+            .get(&StateKey::of(group, key))
+            .is_some_and(|slot| slot.is(group, key))
+    }
+
+    /// From now on, remember the keys the cache removes on its own (expired, evicted for size)
+    /// until [`FeatureEngine::take_removed`] takes them.
+    pub fn log_removals(&self) {
+        self.removed.on.store(true, Ordering::Relaxed);
+    }
+
+    /// The (group index, key) pairs the cache removed on its own since the last call (after
+    /// [`FeatureEngine::log_removals`]; removals surface when the cache runs its maintenance).
+    pub fn take_removed(&self) -> Vec<(u32, Box<str>)> {
+        std::mem::take(
+            &mut *self
+                .removed
+                .keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Removes the state of every key for which `predicate(group index, key)` holds (e.g. the

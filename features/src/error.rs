@@ -55,4 +55,10 @@ pub enum FeatureEngineError {
         group_idx: usize,
         group_count: usize,
     },
+    #[error("state of feature group {group_idx} cannot be imported: {source}")]
+    Import {
+        group_idx: usize,
+        #[source]
+        source: crate::export::ImportError,
+    },
 }

@@ -15,27 +15,44 @@
 //! retention*: it is still added to whatever buckets still exist and read over them.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasher, DefaultHasher};
 use std::mem::size_of;
 
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use riskstream_common::{Event, FeatureValue};
+use serde::{Deserialize, Serialize};
 use twox_hash::XxHash3_64;
 
+use super::applied::Applied;
 use super::config::{Aggregation, EventField, Feature, WindowSpec};
 
-type Hll = HyperLogLogPlus<u64, BuildHasherDefault<DefaultHasher>>;
+/// The sketches' hasher: SipHash with zero keys (`DefaultHasher::new()`), a unit type so the
+/// sketches serialize (`BuildHasherDefault` does not).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct SketchHasher;
 
-/// State of one (group, entity key): one [`FeatureState`] per feature of the group.
+impl BuildHasher for SketchHasher {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        DefaultHasher::new()
+    }
+}
+
+pub(crate) type Hll = HyperLogLogPlus<u64, SketchHasher>;
+
+/// State of one (group, entity key): one [`FeatureState`] per feature of the group, and which
+/// updates it reflects (for de-duplication after an export and import).
 #[derive(Debug)]
 pub(crate) struct KeyState {
     /// Newest event time seen for the key (`i64::MIN` before the first).
-    max_time_ms: i64,
-    features: Box<[FeatureState]>,
+    pub(crate) max_time_ms: i64,
+    pub(crate) features: Box<[FeatureState]>,
+    pub(crate) applied: Applied,
 }
 
 #[derive(Debug)]
-enum FeatureState {
+pub(crate) enum FeatureState {
     /// Events per bucket.
     Count(VecDeque<(i64, u32)>),
     /// `sum` and `avg`: (number of events with a value, sum) per bucket.
@@ -55,21 +72,21 @@ enum FeatureState {
 }
 
 #[derive(Debug)]
-struct DistinctState {
+pub(crate) struct DistinctState {
     /// Exact mode: distinct (value hash, bucket start) pairs, sorted.
-    exact: Vec<(u64, i64)>,
+    pub(crate) exact: Vec<(u64, i64)>,
     /// Number of distinct hashes in `exact`.
-    exact_values: u32,
+    pub(crate) exact_values: u32,
     /// The oldest bucket in `exact` (`i64::MAX`: none), so expiry needs no scan.
-    exact_oldest_ms: i64,
+    pub(crate) exact_oldest_ms: i64,
     /// Sketch mode (non-empty): one HyperLogLog per non-empty bucket, sorted by start.
-    sketch: VecDeque<(i64, Hll)>,
+    pub(crate) sketch: VecDeque<(i64, Hll)>,
     /// HyperLogLog precision of the sketches.
-    precision: u8,
+    pub(crate) precision: u8,
 }
 
 #[derive(Debug, PartialEq)]
-enum LastValue {
+pub(crate) enum LastValue {
     Num(f64),
     Text(Box<str>),
 }
@@ -174,6 +191,7 @@ impl KeyState {
         Self {
             max_time_ms: i64::MIN,
             features,
+            applied: Applied::default(),
         }
     }
 
@@ -218,6 +236,7 @@ impl KeyState {
                 .iter()
                 .map(|s| size_of::<FeatureState>() + s.heap_bytes())
                 .sum::<usize>()
+            + self.applied.heap_bytes()
     }
 }
 
@@ -415,7 +434,7 @@ fn count_value(buckets: &VecDeque<(i64, u32)>, bd: Bounds) -> FeatureValue {
     )
 }
 
-fn text_len(v: &LastValue) -> usize {
+pub(crate) fn text_len(v: &LastValue) -> usize {
     match v {
         LastValue::Text(t) => t.len(),
         LastValue::Num(_) => 0,
@@ -457,7 +476,7 @@ fn extreme_value(is_min: bool, values: impl Iterator<Item = f64>) -> FeatureValu
 impl DistinctState {
     fn new_hll(&self) -> Option<Hll> {
         // An invalid precision cannot pass validation.
-        Hll::new(self.precision, BuildHasherDefault::default()).ok()
+        Hll::new(self.precision, SketchHasher).ok()
     }
 
     fn insert_sketch(&mut self, h: u64, b: i64) {
@@ -540,7 +559,7 @@ impl DistinctState {
 }
 
 /// Distinct values of a sorted sequence of hashes.
-fn distinct_hashes(sorted: impl Iterator<Item = u64>) -> u32 {
+pub(crate) fn distinct_hashes(sorted: impl Iterator<Item = u64>) -> u32 {
     let mut n = 0u32;
     let mut last = None;
     for h in sorted {

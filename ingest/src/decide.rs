@@ -37,7 +37,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::config::IngestConfig;
 use crate::error::ApiError;
-use crate::routes::{body_error, parse_body, produce_event};
+use crate::events::{body_error, parse_body, produce_event};
 
 /// `POST` one event and wait for its decision.
 pub const DECISIONS_ROUTE: &str = "/v1/decisions";

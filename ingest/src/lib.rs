@@ -8,6 +8,7 @@
 pub mod config;
 pub mod decide;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod routes;
 

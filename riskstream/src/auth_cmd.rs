@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use riskstream_auth::{Scope, TokenFile};
 
-use crate::cli::Failure;
+use crate::setup::Failure;
 
 #[derive(Debug, Args, Clone)]
 pub struct AuthArgs {

@@ -17,7 +17,7 @@ use riskstream_common::generator::{Generator, GeneratorConfig};
 use riskstream_common::kafka::{KafkaConfig, Topics};
 use riskstream_common::shutdown::CancellationToken;
 
-use crate::cli::Failure;
+use crate::setup::Failure;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -141,11 +141,14 @@ impl BenchBroker {
                 let specs: Vec<_> = topics
                     .iter()
                     .map(|t| {
-                        riskstream_common::topics::TopicSpec::for_role(
-                            t,
-                            riskstream_common::topics::TopicRole::Internal,
-                            &provision,
-                        )
+                        use riskstream_common::topics::TopicRole;
+                        // The keyed changelog as provisioned (compacted).
+                        let role = if t.starts_with(riskstream_common::kafka::topic::CHANGELOG) {
+                            TopicRole::Changelog
+                        } else {
+                            TopicRole::Internal
+                        };
+                        riskstream_common::topics::TopicSpec::for_role(t, role, &provision)
                     })
                     .collect();
                 riskstream_common::topics::create_topics(&kafka, &specs, Duration::from_secs(30))

@@ -65,6 +65,10 @@ pub struct WorkerBench {
     /// trace context, so every decision starts a trace).
     #[arg(long, default_value_t = 1.0)]
     pub sampling_ratio: f64,
+    /// Keyed mode: run the windows stage for the feature file's `[[window_output]]`s (`on`,
+    /// as shipped) or not (`off`). Local mode never does.
+    #[arg(long, default_value = "on")]
+    pub window_outputs: String,
 }
 
 const WARM_UP_EVENTS: usize = 2_000;
@@ -84,6 +88,12 @@ pub async fn run(a: WorkerBench) -> anyhow::Result<()> {
         "both" => vec![WorkerMode::Local, WorkerMode::Keyed],
         other => anyhow::bail!("--mode must be local, keyed or both, not {other}"),
     };
+    if !matches!(a.window_outputs.as_str(), "on" | "off") {
+        anyhow::bail!(
+            "--window-outputs must be on or off, not {}",
+            a.window_outputs
+        );
+    }
     let stamp = riskstream_common::now_ms();
     let raw_topics = Topics::with_suffix(&format!("benchw-raw-{stamp}"));
     let mode_topics: Vec<(WorkerMode, Topics)> = modes
@@ -104,7 +114,7 @@ pub async fn run(a: WorkerBench) -> anyhow::Result<()> {
     };
     let telemetry = traces(&a, &base_kafka, &spans_topics)?;
     println!(
-        "bench worker: {} events per phase (+{WARM_UP_EVENTS} warm-up), {} partitions, {} worker(s), window {}, linger {} ms, fetch wait {} ms, session timeout {:?}, traces {}, {}",
+        "bench worker: {} events per phase (+{WARM_UP_EVENTS} warm-up), {} partitions, {} worker(s), window {}, linger {} ms, fetch wait {} ms, session timeout {:?}, traces {}, window outputs (keyed) {}, {}",
         a.events,
         a.partitions,
         a.workers,
@@ -116,6 +126,7 @@ pub async fn run(a: WorkerBench) -> anyhow::Result<()> {
             "none" => "off".to_string(),
             _ => format!("to kafka (sampling {})", a.sampling_ratio),
         },
+        a.window_outputs,
         broker.describe()
     );
     let total = WARM_UP_EVENTS + a.events;
@@ -226,6 +237,7 @@ async fn start_worker(
         out_of_orderness: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(500),
         mode,
+        window_outputs: mode == WorkerMode::Keyed && a.window_outputs == "on",
         ..WorkerConfig::default()
     };
     worker.scoring.rules_path = dir.join("rules.toml");

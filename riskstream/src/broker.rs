@@ -13,7 +13,7 @@ use riskstream_common::broker::EmbeddedBroker;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::{Failure, ServiceArgs, load_config, logging_only};
+use crate::setup::{Failure, ServiceArgs, load_config, logging_only};
 
 #[derive(Debug, Args)]
 pub struct BrokerArgs {

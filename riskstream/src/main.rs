@@ -11,6 +11,7 @@ mod cli;
 mod demo;
 mod produce;
 mod services;
+mod setup;
 mod topics_cmd;
 
 use std::process::ExitCode;
@@ -46,13 +47,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(cli::Failure::Usage(errors)) => {
+        Err(setup::Failure::Usage(errors)) => {
             for e in errors {
                 eprintln!("error: {e}");
             }
             ExitCode::from(2)
         }
-        Err(cli::Failure::Runtime(e)) => {
+        Err(setup::Failure::Runtime(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }

@@ -20,7 +20,7 @@ use riskstream_common::trace_context::TraceParent;
 use riskstream_common::{DecodeLimits, Event, EventDecoder, now_ms};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cli::{Failure, ServiceArgs, load_config, logging_only};
+use crate::setup::{Failure, ServiceArgs, load_config, logging_only};
 
 #[derive(Debug, Args, Clone)]
 pub struct ProduceArgs {

@@ -4,13 +4,13 @@
 use anyhow::Context;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 
-use crate::cli::{
+use crate::setup::{
     ClickHouseArgs, CollectorArgs, Failure, RootConfig, ServiceArgs, WorkerArgs, load_config,
     load_config_with, telemetry,
 };
 use riskstream_common::config::Value;
 use riskstream_common::kafka::KafkaConfig;
-use riskstream_common::topics::{Requirement, TopicError, check_topics};
+use riskstream_common::topics::{Requirement, TopicError, check_topics, require_compacted};
 
 /// Fails start-up (exit 2) when `[auth] tokens_file` is set but cannot be read or parsed: a
 /// service never starts open by mistake, nor closed without saying why.
@@ -41,6 +41,36 @@ async fn require_topics(kafka: &KafkaConfig, topics: &[&str]) -> Result<(), Fail
         Ok(()) => Ok(()),
         Err(e @ TopicError::Check { .. }) => Err(Failure::Usage(vec![e.to_string()])),
         Err(e) => Err(Failure::Runtime(anyhow::Error::new(e))),
+    }
+}
+
+/// Fails start-up (exit 2) unless the keyed state changelog is co-partitioned with the
+/// repartition topic and compacted; a cluster that cannot describe the topic's configuration
+/// (missing DescribeConfigs permission) gets a warning instead.
+async fn require_changelog(kafka: &KafkaConfig) -> Result<(), Failure> {
+    let t = &kafka.topics;
+    let k = kafka.clone();
+    let co_partitioned = tokio::task::spawn_blocking(move || {
+        let t = &k.topics;
+        check_topics(
+            &k,
+            &[Requirement::co_partitioned(&t.changelog, &t.repartition)],
+            TOPIC_CHECK_TIMEOUT,
+        )
+    })
+    .await
+    .context("topic check task")?;
+    let compacted = match co_partitioned {
+        Ok(()) => require_compacted(kafka, &t.changelog, TOPIC_CHECK_TIMEOUT).await,
+        Err(e) => Err(e),
+    };
+    match compacted {
+        Ok(()) => Ok(()),
+        Err(e @ TopicError::Check { .. }) => Err(Failure::Usage(vec![e.to_string()])),
+        Err(e) => {
+            tracing::warn!(topic = %t.changelog, error = %e, "the changelog topic's cleanup policy cannot be read: compaction not verified");
+            Ok(())
+        }
     }
 }
 
@@ -89,10 +119,17 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         &t.lists,
         &t.otlp_spans,
     ];
-    if cfg.worker.mode == riskstream_feature_worker::WorkerMode::Keyed {
-        needed.extend([t.repartition.as_str(), &t.feature_results]);
+    let keyed = cfg.worker.mode == riskstream_feature_worker::WorkerMode::Keyed;
+    if keyed {
+        needed.extend([t.repartition.as_str(), &t.feature_results, &t.changelog]);
+        if cfg.worker.window_outputs {
+            needed.extend([t.window_outputs.as_str(), &t.window_outputs_late]);
+        }
     }
     require_topics(&cfg.kafka, &needed).await?;
+    if keyed {
+        require_changelog(&cfg.kafka).await?;
+    }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let app = riskstream_feature_worker::App::build(
@@ -108,6 +145,9 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
             Failure::Usage(vec![format!("{}: {source}", path.display())])
         }
         riskstream_feature_worker::WorkerError::Scoring(e) => Failure::Usage(vec![e.to_string()]),
+        e @ riskstream_feature_worker::WorkerError::WindowOutputsInLocalMode { .. } => {
+            Failure::Usage(vec![e.to_string()])
+        }
         other => Failure::Runtime(anyhow::Error::new(other).context("starting the worker")),
     })?;
     println!("listening={}", app.local_addr());
@@ -131,7 +171,7 @@ pub async fn collector(args: CollectorArgs) -> Result<(), Failure> {
     }
     let cfg = load_config_with(&args.ch.service, Some("collector.listen"), extra)?;
     // The collector does not trace its own writes: logging only.
-    let _telemetry = crate::cli::logging_only(&cfg);
+    let _telemetry = crate::setup::logging_only(&cfg);
     require_tokens_file(&cfg)?;
     let t = &cfg.kafka.topics;
     let mut needed = vec![t.spans_dlq.as_str()];

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use riskstream_common::topics::{Created, create_topics, partition_counts};
 
-use crate::cli::{Failure, ServiceArgs, load_config, logging_only};
+use crate::setup::{Failure, ServiceArgs, load_config, logging_only};
 
 #[derive(Debug, Args)]
 pub struct TopicsArgs {

@@ -255,9 +255,18 @@ impl TestKafka {
             replication_factor: 1,
             ..Provision::default()
         };
+        // The keyed changelog as provisioned (compacted); every other topic as a data topic.
+        let changelog = riskstream_common::kafka::topic::CHANGELOG;
         let specs: Vec<TopicSpec> = names
             .iter()
-            .map(|n| TopicSpec::for_role(n, TopicRole::Data, &provision))
+            .map(|n| {
+                let role = if n.starts_with(changelog) {
+                    TopicRole::Changelog
+                } else {
+                    TopicRole::Data
+                };
+                TopicSpec::for_role(n, role, &provision)
+            })
             .collect();
         let k = kafka.clone();
         std::thread::spawn(move || {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod clickhouse;
+pub mod hostile;
 pub mod kafka;
 
 /// A short random suffix for topic, group and table names, so tests run in parallel.

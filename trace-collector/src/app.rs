@@ -149,13 +149,13 @@ impl App {
                 hard_stop.clone(),
             );
             writers.push(h);
-            // Undecodable decisions are logged and counted, not dead-lettered: the spans
-            // dead-letter topic is for spans only.
+            // Undecodable decisions go to the collector's dead-letter topic too (the source
+            // topic header tells them from spans).
             let r = KafkaReceiver::new(
                 &config.kafka,
                 &c.group_id,
                 Stream::Decisions,
-                None,
+                dead_letters.clone(),
                 metrics.clone(),
             )?;
             receivers.push((r, Stream::Decisions));

@@ -21,7 +21,7 @@ type ReceiverConsumer = StreamConsumer<LagContext>;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use riskstream_common::Decision;
-use riskstream_common::kafka::{KafkaConfig, header, headers, is_retryable};
+use riskstream_common::kafka::{KafkaConfig, dead_letter_payload, header, headers, is_retryable};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +88,9 @@ impl DeadLetters {
         let partition = source.map(|s| s.partition.to_string()).unwrap_or_default();
         let offset = source.map(|s| s.offset.to_string()).unwrap_or_default();
         let source_topic = source.map_or(receiver_name, |s| s.topic.as_str());
+        // A record larger than the producer may send is cut (it reached the topic compressed):
+        // a copy Kafka can never take would stop the receiver.
+        let (payload, truncated_from) = dead_letter_payload(payload);
         let mut pairs = vec![
             (header::DLQ_REASON, message),
             (header::DLQ_ERROR_CODE, code),
@@ -96,6 +99,9 @@ impl DeadLetters {
         if source.is_some() {
             pairs.push((header::DLQ_SOURCE_PARTITION, partition.as_str()));
             pairs.push((header::DLQ_SOURCE_OFFSET, offset.as_str()));
+        }
+        if let Some(size) = &truncated_from {
+            pairs.push((header::DLQ_TRUNCATED_FROM, size.as_str()));
         }
         let mut backoff = Duration::from_millis(100);
         loop {

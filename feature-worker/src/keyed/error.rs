@@ -9,6 +9,9 @@ pub enum KeyedError {
     Kafka(#[from] KafkaError),
     #[error("topic {0} has no partitions")]
     NoPartitions(String),
+    /// The changelog topic is missing, not compacted or not co-partitioned.
+    #[error("changelog topic: {0}")]
+    Changelog(String),
     /// A stage's task panicked or was cancelled (logged where it is caught, so the message
     /// carries it).
     #[error("{stage} task failed: {error}")]

@@ -182,11 +182,12 @@ impl Joiner {
 
     fn on_message(&mut self, m: Record<'_>, out: &mut Outputs) {
         let (p, offset) = (m.partition, m.offset);
-        let record: ResultRecord = match serde_json::from_slice(m.payload) {
+        let record = match ResultRecord::decode(m.payload, self.state.engine.feature_set()) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(partition = p, offset, error = %e, "undecodable result record skipped");
-                out.done(p, offset);
+                tracing::warn!(partition = p, offset, code = e.code, error = %e, "result record not usable, sent to the dead-letter topic");
+                self.state
+                    .dead_letter(&self.producer, m, &e.reason, e.code, out);
                 return;
             }
         };

@@ -9,20 +9,29 @@
 //!    watermark markers to every repartition partition;
 //! 2. [`state`]: per repartition partition, processes envelopes on arrival (on time or late,
 //!    each into its own event-time buckets), updates the engine and emits one partial per
-//!    (event, group); on assignment it replays the partition below its committed offset to
-//!    rebuild the state exactly;
-//! 3. [`join`]: gathers base + partials per event id, scores and produces the decision.
+//!    (event, group), and writes each updated key's state to the compacted changelog topic
+//!    before committing; on assignment it restores the partition's keys from the changelog
+//!    ([`changelog`]);
+//! 3. [`join`]: gathers base + partials per event id, scores and produces the decision;
+//! 4. [`windows`] (when the feature file defines `[[window_output]]`s and
+//!    `worker.window_outputs` is on, group `G.windows`): per repartition partition, the window
+//!    outputs, emitted at window close and updated by late events, driven by the input
+//!    watermark.
 //!
 //! Each stage is a [`crate::stage::Stage`] run by the stage runner. This module only starts the
-//! three and stops them together; [`records`] owns the wire formats of the two internal topics
-//! and the partition function, [`replay`] the partition count and the replay reader.
+//! stages and stops them together; [`records`] owns the wire formats of the two internal topics
+//! and the partition function, [`replay`] the partition count and the replay reader,
+//! [`watermark`] the input watermark and duplicate filter the state and windows stages keep.
 
+pub mod changelog;
 pub mod error;
 pub mod join;
 pub mod records;
 pub mod replay;
 pub mod route;
 pub mod state;
+pub mod watermark;
+pub mod windows;
 
 use rdkafka::producer::FutureProducer;
 use riskstream_common::shutdown::CancellationToken;
@@ -36,8 +45,14 @@ use crate::worker::WorkerState;
 pub use join::GROUP_SUFFIX as JOIN_GROUP_SUFFIX;
 pub use route::GROUP_SUFFIX as ROUTE_GROUP_SUFFIX;
 pub use state::GROUP_SUFFIX as STATE_GROUP_SUFFIX;
+pub use windows::GROUP_SUFFIX as WINDOWS_GROUP_SUFFIX;
 
-/// Runs the three stages until shutdown; the first failing stage stops the others.
+/// Whether the windows stage runs: window outputs defined and `worker.window_outputs` on.
+pub fn runs_windows(state: &WorkerState) -> bool {
+    state.config.worker.window_outputs && !state.engine.feature_set().window_outputs().is_empty()
+}
+
+/// Runs the stages until shutdown; the first failing stage stops the others.
 pub async fn run(
     state: WorkerState,
     producer: FutureProducer,
@@ -47,8 +62,13 @@ pub async fn run(
     let route = tokio::spawn(route::run(state.clone(), producer.clone(), stop.clone()));
     let st = tokio::spawn(state::run(state.clone(), producer.clone(), stop.clone()));
     let join = tokio::spawn(join::run(state.clone(), producer.clone(), stop.clone()));
+    let mut stages = vec![("route", route), ("state", st), ("join", join)];
+    if runs_windows(&state) {
+        let windows = tokio::spawn(windows::run(state.clone(), producer.clone(), stop.clone()));
+        stages.push((windows::STAGE, windows));
+    }
     let mut first_error = None;
-    for (name, handle) in [("route", route), ("state", st), ("join", join)] {
+    for (name, handle) in stages {
         let result = match handle.await {
             Ok(r) => r,
             Err(error) => Err(KeyedError::Task { stage: name, error }),

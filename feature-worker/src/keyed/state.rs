@@ -8,24 +8,35 @@
 //! order of its source partition when all its events come from one, otherwise the order in
 //! which the routers' records landed (docs/features.md).
 //!
-//! Exactly-once state through rebalances: envelopes re-sent by a new router are recognised by
-//! their (source partition, source offset, group), which grows monotonically per source on one
-//! repartition partition; on assignment the partition is replayed from its beginning up to the
-//! first offset read (the committed one) in restore mode (state updated, nothing emitted), and on
-//! revocation the partition's keys are dropped.
+//! Exactly-once state through rebalances and crashes: every updated key's state goes to the
+//! changelog ([`super::changelog`]) at each flush, before the offsets it reflects are
+//! committed; on assignment the partition's keys are restored from the changelog partition
+//! (read to its end), then reading continues from the committed offset. Envelopes are
+//! recognised as already applied by their (source partition, source offset, group): per
+//! repartition partition for the copies a new router re-sends, per key (the positions the
+//! key's state carries, restored with it) for the envelopes after the committed offset that
+//! the previous owner had applied before it stopped. The repartition partition is replayed
+//! from its beginning (state updated, nothing emitted) only as a fallback: for groups whose
+//! changelog state was written for other definitions, or when the changelog partition was
+//! never written but the partition has committed progress (a worker of a version before the
+//! changelog). On revocation the partition's keys are dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rdkafka::producer::FutureProducer;
 use riskstream_common::shutdown::CancellationToken;
 use riskstream_common::{Event, FeatureValue};
 
+use super::changelog::{Batch, Fence, FlushTo, Prefetch, parse_key};
 use super::error::KeyedError;
 use super::records::{RepartitionRecord, ResultRecord, repartition_of};
 use super::replay::{partition_count, replay};
+use super::watermark::{Arrival, Dedup, InputWatermark};
 use crate::output::{OutRecord, produce};
-use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage};
+use crate::stage::context::RebalanceHooks;
+use crate::stage::{self, KafkaInput, Limits, Outputs, Record, Stage, Ticker};
 use crate::stream::{ClockConfig, PartitionClock};
 use crate::worker::WorkerState;
 
@@ -34,85 +45,14 @@ pub const GROUP_SUFFIX: &str = ".state";
 /// The lag gauge's and the logs' name of the stage.
 pub const STAGE: &str = "state";
 
-/// The input watermark of one repartition partition: the minimum over the source partitions of
-/// the latest watermark each published; idle sources do not count until they publish again.
-#[derive(Debug, Clone)]
-pub struct InputWatermark {
-    /// Per source partition: highest watermark seen, idle flag.
-    marks: Vec<(i64, bool)>,
-}
-
-impl InputWatermark {
-    /// `sources`: the partition count of the events topic (every source must be heard from).
-    pub fn new(sources: usize) -> Self {
-        Self {
-            marks: vec![(i64::MIN, false); sources],
-        }
-    }
-
-    pub fn observe(&mut self, src_partition: i32, watermark_ms: i64, idle: bool) {
-        let Ok(i) = usize::try_from(src_partition) else {
-            return;
-        };
-        if i >= self.marks.len() {
-            // The events topic grew: the new source holds the watermark until heard from.
-            self.marks.resize(i + 1, (i64::MIN, false));
-        }
-        let m = &mut self.marks[i];
-        m.0 = m.0.max(watermark_ms);
-        m.1 = idle;
-    }
-
-    /// `i64::MIN` while a non-idle source was never heard from; `i64::MAX` when all are idle.
-    pub fn value_ms(&self) -> i64 {
-        self.marks
-            .iter()
-            .filter(|(_, idle)| !idle)
-            .map(|(w, _)| *w)
-            .min()
-            .unwrap_or(i64::MAX)
-    }
-}
-
-/// What [`Dedup::admit`] did with an envelope.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Arrival<T> {
-    /// Already received (a router re-sent it after a rebalance): ignore.
-    Duplicate,
-    /// New: process it now.
-    Fresh(T),
-}
-
-/// Duplicate detection of one repartition partition: per source partition, the highest
-/// (source offset, group) received.
-#[derive(Debug, Default)]
-pub struct Dedup {
-    received: HashMap<i32, (i64, u32)>,
-}
-
-impl Dedup {
-    pub fn admit<T>(
-        &mut self,
-        src_partition: i32,
-        src_offset: i64,
-        group: u32,
-        item: T,
-    ) -> Arrival<T> {
-        let pos = (src_offset, group);
-        match self.received.get(&src_partition) {
-            Some(&last) if pos <= last => Arrival::Duplicate,
-            _ => {
-                self.received.insert(src_partition, pos);
-                Arrival::Fresh(item)
-            }
-        }
-    }
-}
-
 /// One buffered envelope.
 struct Item {
     event: Box<Event>,
     group: u32,
+    /// The entity key in its group (`None`: the event has none, or the group is unknown).
+    key: Option<String>,
+    /// Where it came from: (source partition, source offset).
+    src: (i32, i64),
     offset: i64,
 }
 
@@ -132,6 +72,15 @@ struct StateStage {
     parts: HashMap<i32, Partition>,
     restored: HashSet<i32>,
     values: Vec<FeatureValue>,
+    /// Per partition: what the next changelog flush writes and settles.
+    batches: HashMap<i32, Batch>,
+    fence: Arc<Fence>,
+    prefetch: Arc<Prefetch>,
+    flush_tick: Ticker,
+    /// A partition's batch is flushed early once it holds this many records.
+    flush_max_records: usize,
+    /// Groups to rebuild by a replay of the partition (the fallback), while restoring.
+    replay_groups: Option<HashSet<u32>>,
     /// Cancelled at shutdown (stops a replay in progress).
     stop: CancellationToken,
 }
@@ -147,13 +96,27 @@ pub(crate) async fn run(
     let source_partitions =
         usize::try_from(partition_count(&cfg.kafka, &topics.events).await?).unwrap_or(1);
     let repartition_partitions = partition_count(&cfg.kafka, &topics.repartition).await?;
-    let input = KafkaInput::subscribe(
+    let changelog_partitions = partition_count(&cfg.kafka, &topics.changelog).await?;
+    if changelog_partitions != repartition_partitions {
+        return Err(KeyedError::Changelog(format!(
+            "topic `{}` has {changelog_partitions} partitions but `{}` has {repartition_partitions}: they must be equal",
+            topics.changelog, topics.repartition
+        )));
+    }
+    state.engine.log_removals();
+    let fence = Arc::new(Fence::default());
+    let prefetch = Prefetch::new(&cfg.kafka, &group_id, &shutdown);
+    let input = KafkaInput::subscribe_with(
         &cfg.kafka,
         &group_id,
         &topics.repartition,
         false,
         STAGE,
         state.metrics.lag_reporter(STAGE),
+        RebalanceHooks {
+            on_revoke: Some(fence.hook(producer.clone())),
+            on_assign: Some(prefetch.hook()),
+        },
     )?;
     let mut stage = StateStage {
         state,
@@ -164,6 +127,12 @@ pub(crate) async fn run(
         parts: HashMap::new(),
         restored: HashSet::new(),
         values: Vec::new(),
+        batches: HashMap::new(),
+        fence,
+        prefetch,
+        flush_tick: Ticker::new(cfg.worker.changelog_flush_interval),
+        flush_max_records: cfg.worker.max_in_flight.max(1),
+        replay_groups: None,
         stop: shutdown.clone(),
     };
     stage::run(input, &mut stage, Limits::of(&cfg.worker), &shutdown).await;
@@ -182,15 +151,27 @@ impl Stage for StateStage {
                 return;
             }
         }
-        self.apply(q, m.payload, offset, Some(out));
+        self.apply(m, Some(out));
+        // Under a backlog a record is always ready and the runner's timer waits: the flush is
+        // checked here too.
+        let now = Instant::now();
+        if now >= self.flush_tick.due_at() {
+            self.flush_tick.fired(now);
+            self.flush_all(out);
+        }
     }
 
     fn on_revoked(&mut self, revoked: &[i32]) {
         let n = self.repartition_partitions;
         let gone: HashSet<i32> = revoked.iter().copied().collect();
+        // Their changelog is written by the next owner from now on (the revocation hook
+        // fenced this stage's flushes of them).
+        self.fence.revoke(revoked);
+        self.prefetch.cancel(revoked);
         for q in &gone {
             self.parts.remove(q);
             self.restored.remove(q);
+            self.batches.remove(q);
         }
         let dropped = self.state.engine.drop_keys(|gi, key| {
             gone.contains(&repartition_of(
@@ -203,19 +184,27 @@ impl Stage for StateStage {
     }
 
     fn wake_at(&self) -> Option<Instant> {
-        self.parts
+        let reorder = self
+            .parts
             .values()
             .filter_map(|p| p.reorder.next_deadline())
-            .min()
+            .min();
+        let flush = self.flush_tick.due_at();
+        Some(reorder.map_or(flush, |r| r.min(flush)))
     }
 
     async fn on_wake(&mut self, now: Instant, out: &mut Outputs) {
         self.release_due(now, false, out);
+        if now >= self.flush_tick.due_at() {
+            self.flush_tick.fired(now);
+            self.flush_all(out);
+        }
     }
 
     fn drain(&mut self, out: &mut Outputs) {
         // What still waits is processed now (its partials are produced and committed).
         self.release_due(Instant::now(), true, out);
+        self.flush_all(out);
     }
 }
 
@@ -247,49 +236,153 @@ impl StateStage {
         }
     }
 
-    /// Rebuilds the state of `q` from its records before `first_offset` (nothing emitted).
+    /// Restores the keys of `q` from its changelog partition; replays the partition's records
+    /// before `first_offset` for what the changelog cannot give (nothing emitted).
     async fn restore(&mut self, q: i32, first_offset: i64) {
         let part = self.new_partition();
         self.parts.insert(q, part);
-        let kafka = self.state.config.kafka.clone();
-        let group_id = self.group_id.clone();
+        self.fence.claim(q);
         let started = Instant::now();
+        let kafka = self.state.config.kafka.clone();
         let stop = self.stop.clone();
-        let replayed = replay(
-            &kafka,
-            &group_id,
-            &kafka.topics.repartition,
-            q,
-            first_offset,
-            &stop,
-            |m| self.apply(q, m.payload, m.offset, None),
-        )
-        .await;
-        match replayed {
-            Ok(n) => tracing::info!(
-                partition = q,
-                first_offset,
-                replayed = n,
-                keys = self.state.engine.entry_count(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "feature state restored"
-            ),
+        let (keys, end) = match self.prefetch.take(q).await {
+            Ok(read) => read,
             Err(e) => {
-                tracing::error!(partition = q, error = %e, "feature state replay failed")
+                // Nothing restored: the fallback below rebuilds every group.
+                tracing::error!(partition = q, error = %e, "changelog read failed; replaying the partition");
+                (HashMap::new(), 0)
+            }
+        };
+        let engine = &self.state.engine;
+        let (mut restored, mut unreadable) = (0u64, 0u64);
+        let mut stale: HashSet<u32> = HashSet::new();
+        for (k, v) in &keys {
+            let (Some((group, key)), Some(bytes)) = (parse_key(k), v) else {
+                continue;
+            };
+            match engine.import_key(group as usize, key, bytes) {
+                Ok(()) => restored += 1,
+                Err(crate::features::FeatureEngineError::Import {
+                    source: crate::features::ImportError::Incompatible { .. },
+                    ..
+                }) => {
+                    stale.insert(group);
+                }
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::error!(partition = q, group, key, error = %e, "changelog state unreadable: the key restarts empty");
+                }
             }
         }
+        let restore_ms = started.elapsed().as_millis() as u64;
+        // The fallback: groups of other definitions, or a changelog never written although
+        // the partition has committed progress.
+        let groups = if end == 0 && first_offset > 0 {
+            Some(HashSet::new())
+        } else if !stale.is_empty() {
+            Some(stale)
+        } else {
+            None
+        };
+        let mut replayed = 0;
+        if let Some(groups) = groups {
+            tracing::warn!(partition = q, first_offset, changelog_end = end, groups = ?groups, "replaying the repartition partition (empty: every group) for state the changelog does not have");
+            // Stale groups' keys restart from the replay.
+            if !groups.is_empty() {
+                let n = self.repartition_partitions;
+                engine.drop_keys(|gi, key| {
+                    let g = u32::try_from(gi).unwrap_or(u32::MAX);
+                    groups.contains(&g) && repartition_of(g, key, n) == q
+                });
+            }
+            self.replay_groups = Some(groups);
+            let topic = kafka.topics.repartition.clone();
+            let group_id = self.group_id.clone();
+            let result = replay(&kafka, &group_id, &topic, q, first_offset, &stop, |m| {
+                self.apply(m, None)
+            })
+            .await;
+            self.replay_groups = None;
+            match result {
+                Ok(n) => replayed = n,
+                Err(e) => tracing::error!(partition = q, error = %e, "feature state replay failed"),
+            }
+        }
+        tracing::info!(
+            partition = q,
+            first_offset,
+            changelog_records = keys.len(),
+            changelog_end = end,
+            restored_keys = restored,
+            unreadable_keys = unreadable,
+            replayed,
+            restore_ms,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "feature state restored"
+        );
         self.restored.insert(q);
     }
 
+    /// Writes the changelog of every partition with updated keys (and tombstones for keys
+    /// the cache dropped on its own), settling their records once acknowledged.
+    fn flush_all(&mut self, out: &mut Outputs) {
+        let n = self.repartition_partitions;
+        for (group, key) in self.state.engine.take_removed() {
+            let q = repartition_of(group, &key, n);
+            if self.parts.contains_key(&q) {
+                self.batches.entry(q).or_default().touch(group, &key);
+            }
+        }
+        let qs: Vec<i32> = self.batches.keys().copied().collect();
+        for q in qs {
+            self.flush(q, out);
+        }
+    }
+
+    /// Writes the changelog of the keys `q` updated since its last flush (their state now,
+    /// envelopes still in the reorder wait marked as not applied).
+    fn flush(&mut self, q: i32, out: &mut Outputs) {
+        let Some(batch) = self.batches.get_mut(&q) else {
+            return;
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let mut waiting: HashMap<(u32, &str), Vec<(i32, i64)>> = HashMap::new();
+        if let Some(part) = self.parts.get(&q) {
+            for item in part.reorder.waiting() {
+                if let Some(key) = &item.key {
+                    waiting.entry((item.group, key)).or_default().push(item.src);
+                }
+            }
+        }
+        let engine = &self.state.engine;
+        let (settled, written) = batch.flush(
+            FlushTo {
+                producer: &self.producer,
+                topic: &self.state.config.kafka.topics.changelog,
+                partition: q,
+                fence: &self.fence,
+            },
+            |group, key| {
+                let w = waiting.get(&(group, key)).cloned().unwrap_or_default();
+                engine.export_key(group as usize, key, w).ok().flatten()
+            },
+        );
+        out.push_settling(settled, written);
+    }
+
     /// Handles one repartition record; with `out`, emits partials and settles the offset there
-    /// (`None` while restoring).
-    fn apply(&mut self, q: i32, payload: &[u8], offset: i64, mut out: Option<&mut Outputs>) {
-        let record: RepartitionRecord = match serde_json::from_slice(payload) {
+    /// (`None` while restoring: a record that cannot be used was dead-lettered when read live).
+    fn apply(&mut self, m: Record<'_>, mut out: Option<&mut Outputs>) {
+        let (q, offset) = (m.partition, m.offset);
+        let record = match RepartitionRecord::decode(m.payload, self.state.engine.feature_set()) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(partition = q, offset, error = %e, "undecodable repartition record skipped");
                 if let Some(out) = out {
-                    out.done(q, offset);
+                    tracing::warn!(partition = q, offset, code = e.code, error = %e, "repartition record not usable, sent to the dead-letter topic");
+                    self.state
+                        .dead_letter(&self.producer, m, &e.reason, e.code, out);
                 }
                 return;
             }
@@ -318,12 +411,37 @@ impl StateStage {
                 ..
             } => {
                 part.watermark.observe(src_partition, watermark_ms, false);
+                let replaying_other = self
+                    .replay_groups
+                    .as_ref()
+                    .is_some_and(|gs| !gs.is_empty() && !gs.contains(&group));
+                let engine = &self.state.engine;
+                let gi = usize::try_from(group).unwrap_or(usize::MAX);
+                let key = engine
+                    .feature_set()
+                    .groups()
+                    .get(gi)
+                    .and_then(|g| g.key_of(&event));
                 let item = Item {
                     event,
                     group,
+                    key,
+                    src: (src_partition, src_offset),
                     offset,
                 };
-                match part.dedup.admit(src_partition, src_offset, group, item) {
+                let arrival = match part.dedup.admit(src_partition, src_offset, group, item) {
+                    // Applied before the key's state was restored (by the previous owner).
+                    Arrival::Fresh(item)
+                        if replaying_other
+                            || item.key.as_deref().is_some_and(|k| {
+                                !engine.admit(gi, k, src_partition, src_offset)
+                            }) =>
+                    {
+                        Arrival::Duplicate
+                    }
+                    other => other,
+                };
+                match arrival {
                     Arrival::Fresh(item) => fresh = Some(item),
                     Arrival::Duplicate => {
                         if let Some(out) = out.as_deref_mut() {
@@ -357,23 +475,21 @@ impl StateStage {
         }
     }
 
-    /// Adds one envelope to its key's state and (live) emits the group's values.
+    /// Adds one envelope to its key's state (recording where it came from) and, live, emits
+    /// the group's values; the record is settled by the partition's next changelog flush.
     fn process(&mut self, q: i32, item: Item, out: Option<&mut Outputs>) {
         let Item {
             event,
             group,
+            key,
+            src,
             offset,
         } = item;
         let gi = usize::try_from(group).unwrap_or(usize::MAX);
         let engine = &self.state.engine;
         self.values.clear();
-        let key = engine
-            .feature_set()
-            .groups()
-            .get(gi)
-            .and_then(|g| g.key_of(&event));
         let result = match &key {
-            Some(key) => engine.process_into(gi, key, &event, &mut self.values),
+            Some(key) => engine.process_at_into(gi, key, &event, Some(src), &mut self.values),
             None => engine
                 .empty_values_into(gi, &mut self.values)
                 .map(|()| Default::default()),
@@ -386,6 +502,10 @@ impl StateStage {
                 false
             }
         };
+        let batch = self.batches.entry(q).or_default();
+        if let Some(key) = &key {
+            batch.touch(group, key);
+        }
         let Some(out) = out else {
             return;
         };
@@ -400,51 +520,13 @@ impl StateStage {
             Some(event.event_id.to_string().into_bytes()),
             serde_json::to_vec(&partial).unwrap_or_default(),
         );
-        out.push(q, offset, produce(&self.producer, rec).acknowledged());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn input_watermark_is_the_minimum_of_active_sources() {
-        let mut w = InputWatermark::new(3);
-        assert_eq!(w.value_ms(), i64::MIN, "nothing heard from any source");
-        w.observe(0, 100, false);
-        w.observe(1, 50, false);
-        assert_eq!(w.value_ms(), i64::MIN, "source 2 not heard from");
-        w.observe(2, 70, false);
-        assert_eq!(w.value_ms(), 50);
-        // A lower marker (a re-started router) never moves a source back.
-        w.observe(1, 10, false);
-        assert_eq!(w.value_ms(), 50);
-        w.observe(1, 50, true);
-        assert_eq!(w.value_ms(), 70, "idle source excluded");
-        w.observe(0, 100, true);
-        w.observe(2, 70, true);
-        assert_eq!(w.value_ms(), i64::MAX, "all idle: release everything");
-        w.observe(4, 5, false);
-        assert_eq!(
-            w.value_ms(),
-            i64::MIN,
-            "the events topic grew: source 3 unheard"
+        batch.push(
+            q,
+            offset,
+            Box::pin(produce(&self.producer, rec).acknowledged()),
         );
-        w.observe(3, 9, false);
-        assert_eq!(w.value_ms(), 5, "a new source partition counts");
-    }
-
-    #[test]
-    fn resent_envelopes_are_duplicates_and_everything_else_is_fresh() {
-        let mut d = Dedup::default();
-        assert_eq!(d.admit(1, 10, 0, 'a'), Arrival::Fresh('a'));
-        assert_eq!(d.admit(1, 10, 2, 'b'), Arrival::Fresh('b'));
-        // A new router replays offsets 10..: every copy is recognised.
-        assert_eq!(d.admit(1, 10, 0, 'x'), Arrival::Duplicate);
-        assert_eq!(d.admit(1, 10, 2, 'x'), Arrival::Duplicate);
-        // Another source's offsets are independent; event time plays no part.
-        assert_eq!(d.admit(2, 3, 0, 'c'), Arrival::Fresh('c'));
-        assert_eq!(d.admit(1, 11, 0, 'd'), Arrival::Fresh('d'));
+        if batch.len() >= self.flush_max_records {
+            self.flush(q, out);
+        }
     }
 }

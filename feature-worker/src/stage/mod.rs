@@ -1,6 +1,6 @@
 //! The stage runner: the one consumer loop of every worker stage (local mode, and keyed mode's
-//! route, state and join stages), around a small [`Stage`] handler that says what a record,
-//! a revocation and a wake-up do.
+//! route, state, join and windows stages), around a small [`Stage`] handler that says what a
+//! record, a revocation and a wake-up do.
 //!
 //! The runner owns, for every stage alike:
 //! - reading, with backpressure: no record is read while `max_in_flight` outputs wait for
@@ -12,7 +12,8 @@
 //! - per-partition order and commits: records reach the handler one at a time in the order
 //!   read; an offset is stored for commit only when the outputs of its record and of every
 //!   earlier record of its partition were acknowledged by Kafka
-//!   ([`crate::stream::OffsetTracker`]);
+//!   ([`crate::stream::OffsetTracker`]), with the partition's latest checkpoint
+//!   ([`Outputs::checkpoint`]) as its commit metadata;
 //! - the handler's timer ([`Stage::wake_at`]) and, at shutdown, a drain bounded by
 //!   `shutdown_timeout`, then the commit and close of its input.
 //!
@@ -52,8 +53,9 @@ pub trait Input: Send + Sync {
     /// Partitions revoked since the last call.
     fn take_revoked(&self) -> Vec<i32>;
     fn is_assigned(&self, partition: i32) -> bool;
-    /// Stores, per partition, the next offset to read (committed by the consumer).
-    fn store_offsets(&self, next: &[(i32, i64)]);
+    /// Stores, per partition, the next offset to read (committed by the consumer), with the
+    /// partition's checkpoint, if it has one, as the commit metadata.
+    fn store_offsets(&self, next: &[(i32, i64)], checkpoints: &HashMap<i32, String>);
     /// Commits what is stored and closes (bounded).
     fn close(self) -> impl Future<Output = ()> + Send;
 }
@@ -62,7 +64,7 @@ pub trait Input: Send + Sync {
 /// time. Every record handed over must end up settled: by an output pushed to [`Outputs`], or
 /// done at once with [`Outputs::done`] (until then its partition's commit stays before it).
 pub trait Stage: Send {
-    /// The stage's name in logs (`local`, `route`, `state`, `join`).
+    /// The stage's name in logs (`local`, `route`, `state`, `join`, `windows`).
     const NAME: &'static str;
 
     /// One record of an assigned partition, in the partition's order.
@@ -98,6 +100,7 @@ pub trait Stage: Send {
 pub struct Outputs {
     in_flight: FuturesUnordered<AckedOutput>,
     done: Vec<(i32, i64)>,
+    checkpoints: Vec<(i32, String)>,
 }
 
 impl Outputs {
@@ -128,6 +131,15 @@ impl Outputs {
 
     pub fn done_all(&mut self, records: &[(i32, i64)]) {
         self.done.extend_from_slice(records);
+    }
+
+    /// Sets the checkpoint of `partition`: stored as the commit metadata with every offset of
+    /// the partition stored from now on (the ones this call's records make committable
+    /// included), until replaced or the partition is revoked. For a stage whose restart needs
+    /// more than the committed offset (the windows stage); it must hold for every offset the
+    /// partition's records settle until the next checkpoint.
+    pub fn checkpoint(&mut self, partition: i32, metadata: String) {
+        self.checkpoints.push((partition, metadata));
     }
 
     pub fn in_flight(&self) -> usize {
@@ -181,6 +193,8 @@ impl Ticker {
 struct Commits {
     trackers: HashMap<i32, OffsetTracker>,
     next: Vec<(i32, i64)>,
+    /// The latest checkpoint of each partition that has one.
+    checkpoints: HashMap<i32, String>,
 }
 
 impl Commits {
@@ -191,6 +205,7 @@ impl Commits {
         }
         for p in &revoked {
             self.trackers.remove(p);
+            self.checkpoints.remove(p);
         }
         stage.on_revoked(&revoked);
     }
@@ -211,11 +226,16 @@ impl Commits {
             }
         }
         if !self.next.is_empty() {
-            input.store_offsets(&self.next);
+            input.store_offsets(&self.next, &self.checkpoints);
         }
     }
 
     fn settle_done<I: Input>(&mut self, input: &I, out: &mut Outputs) {
+        for (p, metadata) in out.checkpoints.drain(..) {
+            if self.trackers.contains_key(&p) {
+                self.checkpoints.insert(p, metadata);
+            }
+        }
         if !out.done.is_empty() {
             let done = std::mem::take(&mut out.done);
             self.settle(input, &done);
@@ -236,6 +256,7 @@ pub async fn run<I: Input, S: Stage>(
     let mut commits = Commits {
         trackers: HashMap::new(),
         next: Vec::new(),
+        checkpoints: HashMap::new(),
     };
     let mut out = Outputs::default();
     let sleep = tokio::time::sleep(Duration::ZERO);

@@ -3,7 +3,7 @@
 //! revoked is dropped (revocations served inside `recv()` are handled first), reading pauses
 //! at `max_in_flight`, and the drain at shutdown waits for what is in flight.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ struct Seen {
     revoked: Vec<i32>,
     /// `store_offsets` calls: (partition, next offset).
     stored: Vec<(i32, i64)>,
+    /// Offsets stored with a checkpoint: (partition, next offset, checkpoint).
+    checkpoints: Vec<(i32, i64, String)>,
     /// Records the stage was handed, in order.
     handled: Vec<(i32, i64)>,
     /// Revocations the stage was told of.
@@ -91,8 +93,14 @@ impl Input for Scripted {
         self.seen.lock().unwrap().assigned.contains(&partition)
     }
 
-    fn store_offsets(&self, next: &[(i32, i64)]) {
-        self.seen.lock().unwrap().stored.extend_from_slice(next);
+    fn store_offsets(&self, next: &[(i32, i64)], checkpoints: &HashMap<i32, String>) {
+        let mut seen = self.seen.lock().unwrap();
+        seen.stored.extend_from_slice(next);
+        for &(p, o) in next {
+            if let Some(c) = checkpoints.get(&p) {
+                seen.checkpoints.push((p, o, c.clone()));
+            }
+        }
     }
 
     async fn close(self) {
@@ -100,9 +108,11 @@ impl Input for Scripted {
     }
 }
 
-/// Produces one output per record, acknowledged when the test says so.
+/// Produces one output per record, acknowledged when the test says so; with `checkpoints`,
+/// sets the partition's checkpoint `at {offset}` on every even offset.
 struct Echo {
     seen: Shared,
+    checkpoints: bool,
 }
 
 impl Stage for Echo {
@@ -116,6 +126,9 @@ impl Stage for Echo {
         out.push(r.partition, r.offset, async move {
             let _ = rx.await;
         });
+        if self.checkpoints && r.offset % 2 == 0 {
+            out.checkpoint(r.partition, format!("at {}", r.offset));
+        }
     }
 
     fn on_revoked(&mut self, partitions: &[i32]) {
@@ -136,13 +149,20 @@ struct Harness {
 
 impl Harness {
     fn start(max_in_flight: usize) -> Self {
+        Self::start_with(max_in_flight, false)
+    }
+
+    fn start_with(max_in_flight: usize, checkpoints: bool) -> Self {
         let (steps, rx) = mpsc::unbounded_channel();
         let seen = Shared::default();
         let input = Scripted {
             steps: tokio::sync::Mutex::new(rx),
             seen: seen.clone(),
         };
-        let mut stage = Echo { seen: seen.clone() };
+        let mut stage = Echo {
+            seen: seen.clone(),
+            checkpoints,
+        };
         let shutdown = CancellationToken::new();
         let limits = Limits {
             max_in_flight,
@@ -321,4 +341,43 @@ async fn the_drain_at_shutdown_waits_for_outputs_in_flight() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.stored, vec![(0, 8)], "acknowledged while draining");
     assert!(seen.closed);
+}
+
+#[tokio::test]
+async fn a_checkpoint_is_stored_with_every_later_offset_of_its_partition_until_revoked() {
+    let h = Harness::start_with(100, true);
+    let checkpoints = |h: &Harness| h.seen.lock().unwrap().checkpoints.clone();
+    h.send([Step::Assign(0), Step::Assign(1), Step::Record(0, 0)]);
+    h.until("first record", |s| s.handled.len() == 1).await;
+    h.ack((0, 0));
+    h.until("stored", |s| s.stored == [(0, 1)]).await;
+    assert_eq!(checkpoints(&h), vec![(0, 1, "at 0".to_string())]);
+    // Offset 1 sets none: the latest one goes with its offset. Partition 1's is its own.
+    h.send([Step::Record(0, 1), Step::Record(1, 2)]);
+    h.until("two more", |s| s.handled.len() == 3).await;
+    h.ack((0, 1));
+    h.ack((1, 2));
+    h.until("both stored", |s| s.stored.len() == 3).await;
+    let mut seen = checkpoints(&h);
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (0, 1, "at 0".to_string()),
+            (0, 2, "at 0".to_string()),
+            (1, 3, "at 2".to_string())
+        ]
+    );
+    // Revoked and assigned again: the old checkpoint is gone.
+    h.send([Step::Revoke(0), Step::Assign(0), Step::Record(0, 1)]);
+    h.until("re-read", |s| s.handled.len() == 4).await;
+    h.ack((0, 1));
+    h.until("stored again", |s| s.stored.len() == 4).await;
+    assert_eq!(h.stored().last(), Some(&(0, 2)));
+    assert_eq!(
+        checkpoints(&h).len(),
+        3,
+        "no checkpoint after the revocation"
+    );
+    h.stop().await;
 }

@@ -20,7 +20,7 @@ use riskstream_common::kafka::KafkaConfig;
 use riskstream_common::shutdown::{CancellationToken, cancel_on_signal};
 use riskstream_store::{ClickHouseStore, MemoryLimits, MemoryStore, TraceStore};
 
-use crate::cli::{Failure, ServiceArgs, load_config};
+use crate::setup::{Failure, ServiceArgs, load_config};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

@@ -49,6 +49,9 @@ pub fn topics_env(topics: &Topics) -> Vec<(String, String)> {
         ("LISTS", &t.lists),
         ("REPARTITION", &t.repartition),
         ("FEATURE_RESULTS", &t.feature_results),
+        ("CHANGELOG", &t.changelog),
+        ("WINDOW_OUTPUTS", &t.window_outputs),
+        ("WINDOW_OUTPUTS_LATE", &t.window_outputs_late),
     ]
     .into_iter()
     .map(|(k, v)| (format!("RISKSTREAM__KAFKA__TOPICS__{k}"), v.clone()))

@@ -192,7 +192,7 @@ impl RuleSet {
                 rule: None,
                 kind: ProblemKind::Toml,
                 position: e.span().map(|s| position_of(text, s.start)),
-                message: e.message().to_string(),
+                message: toml_message(&e, text),
             }],
         })?;
         let mut problems = Vec::new();
@@ -367,6 +367,22 @@ impl RuleSet {
                 errors: r.errors.load(Ordering::Relaxed),
             })
             .collect()
+    }
+}
+
+/// What is wrong with a rule-set file that is not TOML: the toml crate's message, or (it is
+/// empty for some errors, e.g. a control character in a comment) the character it stopped at.
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    match e.message().trim() {
+        "" => e
+            .span()
+            .and_then(|s| text.get(s.start..))
+            .and_then(|rest| rest.chars().next())
+            .map_or_else(
+                || "not a valid TOML file".to_string(),
+                |c| format!("unexpected character {c:?}"),
+            ),
+        m => m.to_string(),
     }
 }
 

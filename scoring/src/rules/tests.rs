@@ -103,3 +103,20 @@ fn positions_are_one_based() {
     assert_eq!(position_of("ab\ncd", 4), Position { line: 2, column: 2 });
     assert_eq!(position_of("ab", 0), Position { line: 1, column: 1 });
 }
+
+#[test]
+fn a_toml_error_always_has_a_message() {
+    // Found by the rule_set fuzz target: a NUL byte in a comment gave a problem whose message
+    // was empty (the toml crate's `message()` is empty for some errors).
+    let err = RuleSet::compile(
+        "# a comment with \u{0} inside\nversion = \"v\"\n",
+        &catalog(),
+    )
+    .unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(err.problems[0].kind, ProblemKind::Toml);
+    assert_eq!(
+        err.problems[0].message, "unexpected character '\\0'",
+        "{err}"
+    );
+}
