@@ -21,8 +21,8 @@ use riskstream_feature_worker::control::RULES_KEY;
 use riskstream_feature_worker::features::FeatureSet;
 use riskstream_feature_worker::{Config, WorkerMode};
 use riskstream_testkit::hostile::{
-    self, At, Malformed, hostile_producer, invalid_utf8, other_type, random_bytes, send_all,
-    send_bad, send_mixed, truncated, with_value,
+    self, At, KeyedPayload, Malformed, hostile_producer, invalid_utf8, other_type, random_bytes,
+    send_all, send_bad, send_mixed, truncated, with_value,
 };
 use riskstream_testkit::kafka::TestKafka;
 use serde_json::{Value, json};
@@ -34,8 +34,8 @@ use support::worker::{TestWorker, repo};
 
 /// Generous bound for what happens asynchronously; never a performance assertion.
 const EVENTUALLY: Duration = Duration::from_secs(90);
-/// The dead-letter payload limit of the worker (`riskstream_common::kafka::DLQ_MAX_PAYLOAD_BYTES`
-/// is asserted against it below).
+/// A poison event larger than the worker's 1 MiB event limit and than a dead letter carries
+/// whole (`DLQ_MAX_PAYLOAD_BYTES`).
 const HUGE_EVENT_BYTES: usize = 1_200_000;
 
 fn worker_config(broker: &TestKafka, topics: &Topics, mode: WorkerMode) -> Config {
@@ -355,7 +355,7 @@ fn bad_results(rng: &mut ChaCha8Rng, n: usize, set: &FeatureSet) -> Vec<Malforme
 }
 
 /// `n` valid events, keyed by account.
-fn valid_events(tag: &str, n: usize) -> (HashSet<Uuid>, Vec<(Option<String>, Vec<u8>)>) {
+fn valid_events(tag: &str, n: usize) -> (HashSet<Uuid>, Vec<KeyedPayload>) {
     let mut ids = HashSet::new();
     let records = (0..n)
         .map(|i| {
@@ -445,7 +445,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_dead_letters_malformed_events_rules_and_lists_and_keeps_deciding() {
-    assert!(HUGE_EVENT_BYTES > riskstream_common::kafka::DLQ_MAX_PAYLOAD_BYTES);
+    const { assert!(HUGE_EVENT_BYTES > riskstream_common::kafka::DLQ_MAX_PAYLOAD_BYTES) };
     let topics = Topics::with_suffix(&riskstream_testkit::unique("hostile"));
     let broker = TestKafka::with_topics(2, &topics);
     let config = worker_config(&broker, &topics, WorkerMode::Local);
