@@ -218,7 +218,7 @@ pub fn trace_json(spans: &[SpanRow]) -> Value {
 
 /// `GET /api/traces/{traceID}`.
 #[utoipa::path(get, path = "/api/traces/{trace_id}", tag = "jaeger",
-    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits")),
+    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits, not all zero", min_length = 32, max_length = 32, pattern = "^0*[1-9a-fA-F][0-9a-fA-F]*$")),
     responses((status = 200, description = "Jaeger `{data: [trace]}` with spans and processes"), (status = 404, description = "No span of this trace"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn get_trace(
     State(state): State<AppState>,
@@ -243,7 +243,7 @@ pub async fn services(
 
 /// `GET /api/services/{service}/operations`: operation names.
 #[utoipa::path(get, path = "/api/services/{service}/operations", tag = "jaeger",
-    params(("service" = String, Path, description = "Service name")),
+    params(("service" = String, Path, min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._:/@-]+$", description = "Service name (letters, digits and ._-:/@, 1 to 256)")),
     responses((status = 200, description = "Jaeger `{data: [operation names]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn service_operations(
     State(state): State<AppState>,
@@ -270,8 +270,8 @@ pub struct OperationsParams {
 
 /// `GET /api/operations?service=&spanKind=`: `[{"name","spanKind"}]`.
 #[utoipa::path(get, path = "/api/operations", tag = "jaeger",
-    params(("service" = String, Query, description = "Service name (required)"),
-           ("spanKind" = Option<String>, Query, description = "server, client, producer, consumer or internal")),
+    params(("service" = String, Query, min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._:/@-]+$", description = "Service name (required; letters, digits and ._-:/@, 1 to 256)"),
+           ("spanKind" = Option<String>, Query, pattern = "^(unspecified|internal|server|client|producer|consumer)?$", description = "server, client, producer, consumer, internal or unspecified (any case)")),
     responses((status = 200, description = "Jaeger `{data: [{name, spanKind}]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn operations(
     State(state): State<AppState>,
@@ -306,14 +306,14 @@ pub async fn operations(
 
 /// `GET /api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`.
 #[utoipa::path(get, path = "/api/traces", tag = "jaeger",
-    params(("service" = String, Query, description = "Service name (required)"),
+    params(("service" = String, Query, min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._:/@-]+$", description = "Service name (required; letters, digits and ._-:/@, 1 to 256)"),
            ("operation" = Option<String>, Query, description = "Operation (span name)"),
            ("tags" = Option<String>, Query, description = "JSON object of tag filters, e.g. {\"outcome\":\"decline\"}"),
-           ("start" = Option<i64>, Query, description = "Earliest span start, unix microseconds"),
-           ("end" = Option<i64>, Query, description = "Latest span start, unix microseconds"),
-           ("minDuration" = Option<String>, Query, description = "e.g. 10ms"),
-           ("maxDuration" = Option<String>, Query, description = "e.g. 1s"),
-           ("limit" = Option<u32>, Query, description = "Most traces returned")),
+           ("start" = Option<u64>, Query, description = "Earliest span start, unix microseconds"),
+           ("end" = Option<u64>, Query, description = "Latest span start, unix microseconds"),
+           ("minDuration" = Option<String>, Query, pattern = "^ *(0|([0-9]+(\\.[0-9]*)?(ns|us|ms|s|m|h))+)? *$", description = "A Go duration, e.g. 10ms, 1.5s, 2m30s"),
+           ("maxDuration" = Option<String>, Query, pattern = "^ *(0|([0-9]+(\\.[0-9]*)?(ns|us|ms|s|m|h))+)? *$", description = "A Go duration, e.g. 10ms, 1.5s, 2m30s"),
+           ("limit" = Option<u64>, Query, maximum = 4294967295.0, description = "Most traces returned (0: the default; above api.max_limit means api.max_limit)")),
     responses((status = 200, description = "Jaeger `{data: [trace]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn search(
     State(state): State<AppState>,

@@ -131,7 +131,7 @@ pub fn tree(trace_id: &str, spans: &[SpanRow]) -> TraceTree {
 
 /// `GET /v1/traces/{trace_id}`.
 #[utoipa::path(get, path = "/v1/traces/{trace_id}", tag = "riskstream",
-    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits")),
+    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits, not all zero", min_length = 32, max_length = 32, pattern = "^0*[1-9a-fA-F][0-9a-fA-F]*$")),
     responses((status = 200, description = "The trace as a tree of spans with the decision it led to"), (status = 404, description = "No span of this trace"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn get_trace(
     State(state): State<AppState>,
@@ -147,7 +147,7 @@ pub async fn get_trace(
 
 /// `GET /v1/decisions/{event_id}`.
 #[utoipa::path(get, path = "/v1/decisions/{event_id}", tag = "riskstream",
-    params(("event_id" = String, Path, description = "The event's UUID")),
+    params(("event_id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The event's UUID")),
     responses((status = 200, description = "The decision: outcome, score, reasons, features, models, trace id"), (status = 404, description = "No decision for this event"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn get_decision(
     State(state): State<AppState>,
@@ -189,10 +189,10 @@ pub struct DecisionList {
 /// `GET /v1/decisions?account_id=&from=&to=&limit=`: most recent first; `from` inclusive,
 /// `to` exclusive (RFC 3339 or epoch milliseconds; default: everything up to now).
 #[utoipa::path(get, path = "/v1/decisions", tag = "riskstream",
-    params(("account_id" = String, Query, description = "Account (required)"),
-           ("from" = Option<String>, Query, description = "RFC 3339 time or unix milliseconds"),
-           ("to" = Option<String>, Query, description = "RFC 3339 time or unix milliseconds"),
-           ("limit" = Option<u32>, Query, description = "Most decisions returned")),
+    params(("account_id" = String, Query, min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._:/@-]+$", description = "Account (required; letters, digits and ._-:/@, 1 to 256)"),
+           ("from" = Option<String>, Query, description = "RFC 3339 time or unix milliseconds (empty: no bound)"),
+           ("to" = Option<String>, Query, description = "RFC 3339 time or unix milliseconds (empty: no bound)"),
+           ("limit" = Option<u64>, Query, minimum = 1, maximum = 4294967295.0, description = "Most decisions returned (at least 1; above api.max_limit means api.max_limit)")),
     responses((status = 200, description = "`{account_id, from_ms, to_ms, decisions: [...]}`"), (status = 400, description = "A malformed parameter (the error names it)"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn list_decisions(
     State(state): State<AppState>,
@@ -203,14 +203,17 @@ pub async fn list_decisions(
         .filter(|a| !a.is_empty())
         .ok_or_else(|| ApiError::bad_param("account_id", "parameter 'account_id' is required"))?;
     let account_id = params::name("account_id", &account_id)?;
+    // An empty bound is no bound (as an empty limit is the default).
     let from_ms = p
         .from
         .as_deref()
+        .filter(|v| !v.trim().is_empty())
         .map(|v| params::time_ms("from", v))
         .transpose()?
         .unwrap_or(0);
     let to_ms =
         p.to.as_deref()
+            .filter(|v| !v.trim().is_empty())
             .map(|v| params::time_ms("to", v))
             .transpose()?
             .unwrap_or(i64::MAX);

@@ -174,7 +174,7 @@ fn html_error(e: ApiError) -> Response {
 
 /// `GET /ui/`: recent decisions and traces.
 #[utoipa::path(get, path = "/ui/", tag = "ui",
-    params(("limit" = Option<u32>, Query, description = "Rows per table (default 50, at most 500)")),
+    params(("limit" = Option<u64>, Query, minimum = 1, maximum = 4294967295.0, description = "Rows per table (default 50; above 500 means 500)")),
     responses((status = 200, description = "HTML: recent decisions and traces", content_type = "text/html"), (status = 400, description = "A malformed parameter"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn index(State(state): State<AppState>, Query(p): Query<IndexParams>) -> Response {
     match render_index(&state, p).await {
@@ -290,7 +290,7 @@ fn event_ids(rows: &[(usize, &SpanNode)]) -> Vec<String> {
 
 /// `GET /ui/traces/{trace_id}`: the waterfall of one trace and its decisions.
 #[utoipa::path(get, path = "/ui/traces/{trace_id}", tag = "ui",
-    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits")),
+    params(("trace_id" = String, Path, description = "Trace ID, 32 hex digits, not all zero", min_length = 32, max_length = 32, pattern = "^0*[1-9a-fA-F][0-9a-fA-F]*$")),
     responses((status = 200, description = "HTML: the trace's waterfall and the decisions it led to", content_type = "text/html"), (status = 404, description = "No span of this trace"), (status = 400, description = "A malformed trace id"), (status = 503, description = "The trace store is unavailable")))]
 pub async fn trace_page(State(state): State<AppState>, Path(raw): Path<String>) -> Response {
     match render_trace(&state, &raw).await {

@@ -394,7 +394,7 @@ fn apply_record(
                 .map(|e| (e.to_string(), code::INVALID_RULE_SET)),
             Err(e) => {
                 ControlMetrics::count(&state.metrics.rule_updates, source::TOPIC, result::REJECTED);
-                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "rule set record is not utf-8, ignored");
+                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "rule set record is not utf-8, rejected");
                 Some((format!("rule set record is not utf-8: {e}"), code::NOT_UTF8))
             }
         }

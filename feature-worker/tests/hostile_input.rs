@@ -21,8 +21,8 @@ use riskstream_feature_worker::control::RULES_KEY;
 use riskstream_feature_worker::features::FeatureSet;
 use riskstream_feature_worker::{Config, WorkerMode};
 use riskstream_testkit::hostile::{
-    self, At, Malformed, hostile_producer, invalid_utf8, other_type, random_bytes, send_all,
-    send_bad, send_mixed, truncated, with_value,
+    self, At, KeyedPayload, Malformed, hostile_producer, invalid_utf8, other_type, random_bytes,
+    send_all, send_bad, send_mixed, truncated, with_value,
 };
 use riskstream_testkit::kafka::TestKafka;
 use serde_json::{Value, json};
@@ -34,8 +34,8 @@ use support::worker::{TestWorker, repo};
 
 /// Generous bound for what happens asynchronously; never a performance assertion.
 const EVENTUALLY: Duration = Duration::from_secs(90);
-/// The dead-letter payload limit of the worker (`riskstream_common::kafka::DLQ_MAX_PAYLOAD_BYTES`
-/// is asserted against it below).
+/// A poison event larger than the worker's 1 MiB event limit and than a dead letter carries
+/// whole (`DLQ_MAX_PAYLOAD_BYTES`).
 const HUGE_EVENT_BYTES: usize = 1_200_000;
 
 fn worker_config(broker: &TestKafka, topics: &Topics, mode: WorkerMode) -> Config {
@@ -356,11 +356,8 @@ fn bad_results(rng: &mut ChaCha8Rng, n: usize, set: &FeatureSet) -> Vec<Malforme
         .collect()
 }
 
-/// Records to produce: (key, payload).
-type KeyedPayloads = Vec<(Option<String>, Vec<u8>)>;
-
 /// `n` valid events, keyed by account.
-fn valid_events(tag: &str, n: usize) -> (HashSet<Uuid>, KeyedPayloads) {
+fn valid_events(tag: &str, n: usize) -> (HashSet<Uuid>, Vec<KeyedPayload>) {
     let mut ids = HashSet::new();
     let records = (0..n)
         .map(|i| {

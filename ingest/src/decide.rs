@@ -425,12 +425,16 @@ fn checked(bytes: Bytes, id: Uuid) -> Result<Bytes, ApiError> {
 #[utoipa::path(post, path = "/v1/decisions", tag = "decisions",
     params(("timeout_ms" = Option<u64>, Query, description = "Deadline for the decision (default ingest.decision_timeout, at most ingest.max_decision_timeout)"),
            ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller")),
-    request_body(content = String, content_type = "application/json", description = "One event (docs/events.md)"),
+    request_body(content = Object, content_type = "application/json", description = "One event (docs/events.md)"),
     responses((status = 200, description = "The decision: outcome, score, reasons, features, trace id"),
               (status = 202, description = "Past the deadline: `{event_id, trace_id, status: pending}` with `Location: /v1/decisions/{event_id}`"),
-              (status = 400, description = "Invalid event; the error names every bad field"),
+              (status = 400, description = "Malformed JSON, or a malformed timeout_ms"),
+              (status = 409, description = "A request for this event id is already waiting for its decision"),
               (status = 413, description = "Body too large"),
-              (status = 503, description = "Kafka did not acknowledge the event (`Retry-After`)")))]
+              (status = 415, description = "Not application/json"),
+              (status = 422, description = "Invalid event (the error names every bad field), or Kafka refused the record for good"),
+              (status = 502, description = "The decisions topic held a record for this event id that is not its decision"),
+              (status = 503, description = "Kafka did not acknowledge the event, or too many requests wait (`Retry-After`)")))]
 pub async fn post_decision(
     State(state): State<AppState>,
     query: Result<Query<DecideQuery>, QueryRejection>,
@@ -596,7 +600,7 @@ async fn post_decision_in_span(
 /// `GET /v1/decisions/{event_id}`: the decision if this replica saw it within
 /// `ingest.recent_decisions_ttl`, else 404 (stored decisions are served by the api).
 #[utoipa::path(get, path = "/v1/decisions/{event_id}", tag = "decisions",
-    params(("event_id" = String, Path, description = "The event's UUID")),
+    params(("event_id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The event's UUID")),
     responses((status = 200, description = "The decision, if this replica saw it within ingest.recent_decisions_ttl"),
               (status = 400, description = "Not a UUID"),
               (status = 404, description = "Not seen here (stored decisions are served by the api)")))]

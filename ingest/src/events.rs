@@ -64,7 +64,7 @@ pub struct BatchResult {
 }
 
 /// Splits the body into JSON values by content type. Syntax errors refuse the whole request.
-pub(crate) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -138,7 +138,7 @@ pub(crate) fn body_error(r: BytesRejection) -> ApiError {
 
 #[utoipa::path(post, path = "/v1/events", tag = "events",
     params(("traceparent" = Option<String>, Header, description = "W3C trace context of the caller")),
-    request_body(content = String, content_type = "application/json", description = "One event, a JSON array of events, or NDJSON (`application/x-ndjson`); fields in docs/events.md"),
+    request_body(content = Object, content_type = "application/json", description = "One event (a JSON object), a JSON array of events, or NDJSON (`application/x-ndjson`); fields in docs/events.md"),
     responses((status = 202, description = "At least one event acknowledged by Kafka (acks=all), none failed: `{accepted, rejected, failed, errors, results}`, one result per event (accepted ones with event_id, trace_id, partition, offset; rejected ones name their fields)"),
               (status = 400, description = "Malformed JSON (line and column), not an object or array, or no event"),
               (status = 413, description = "Body over max_body_bytes or more than max_batch_events events"),

@@ -128,6 +128,9 @@ pub fn interleave<T>(rng: &mut impl RngCore, good: Vec<T>, bad: Vec<T>) -> Vec<(
 /// Where a record landed: (topic, partition, offset).
 pub type At = (String, i32, i64);
 
+/// A record to produce: its key (if any) and payload.
+pub type KeyedPayload = (Option<String>, Vec<u8>);
+
 /// A producer that may send records larger than the broker's limit uncompressed (they are
 /// compressed in the batch), so huge records reach the topics as a hostile client's would.
 pub fn hostile_producer(kafka: &KafkaConfig) -> FutureProducer {
@@ -140,11 +143,7 @@ pub fn hostile_producer(kafka: &KafkaConfig) -> FutureProducer {
 
 /// Produces `records` (key, payload) to `topic` concurrently, in order per partition; returns
 /// where each landed.
-pub async fn send_all(
-    producer: &FutureProducer,
-    topic: &str,
-    records: &[(Option<String>, Vec<u8>)],
-) -> Vec<At> {
+pub async fn send_all(producer: &FutureProducer, topic: &str, records: &[KeyedPayload]) -> Vec<At> {
     let mut out = Vec::with_capacity(records.len());
     for chunk in records.chunks(2_000) {
         let sends = chunk.iter().map(|(key, payload)| {
@@ -171,7 +170,7 @@ pub async fn send_mixed(
     producer: &FutureProducer,
     rng: &mut impl RngCore,
     topic: &str,
-    good: Vec<(Option<String>, Vec<u8>)>,
+    good: Vec<KeyedPayload>,
     bad: Vec<Malformed>,
 ) -> HashMap<At, Malformed> {
     let good: Vec<(Option<String>, Vec<u8>, Option<Malformed>)> =
@@ -182,7 +181,7 @@ pub async fn send_mixed(
         .map(|(i, m)| (Some(format!("bad-{i}")), m.payload.clone(), Some(m)))
         .collect();
     let mixed = interleave(rng, good, bad);
-    let records: Vec<(Option<String>, Vec<u8>)> = mixed
+    let records: Vec<KeyedPayload> = mixed
         .iter()
         .map(|(_, (k, p, _))| (k.clone(), p.clone()))
         .collect();
@@ -201,7 +200,7 @@ pub async fn send_bad(
     key: Option<&str>,
     bad: Vec<Malformed>,
 ) -> HashMap<At, Malformed> {
-    let records: Vec<(Option<String>, Vec<u8>)> = bad
+    let records: Vec<KeyedPayload> = bad
         .iter()
         .map(|m| (key.map(str::to_string), m.payload.clone()))
         .collect();

@@ -21,8 +21,8 @@ use riskstream_common::{Decision, Outcome};
 use riskstream_store::ClickHouseConfig;
 use riskstream_testkit::clickhouse::server;
 use riskstream_testkit::hostile::{
-    self, Malformed, hostile_producer, invalid_utf8, random_bytes, send_mixed, truncated,
-    with_value,
+    self, KeyedPayload, Malformed, hostile_producer, invalid_utf8, random_bytes, send_mixed,
+    truncated, with_value,
 };
 use riskstream_testkit::kafka::TestKafka;
 use riskstream_testkit::unique;
@@ -243,12 +243,12 @@ async fn malformed_span_and_decision_records_are_dead_lettered_and_the_rest_stor
     let producer = hostile_producer(kafka);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
 
-    let good_spans = |from: u64, n: u64| -> Vec<(Option<String>, Vec<u8>)> {
+    let good_spans = |from: u64, n: u64| -> Vec<KeyedPayload> {
         (from..from + n)
             .map(|id| (None, request(vec![span(GOOD_TRACE, id)]).encode_to_vec()))
             .collect()
     };
-    let good_decisions = |account: &str, n: i64| -> Vec<(Option<String>, Vec<u8>)> {
+    let good_decisions = |account: &str, n: i64| -> Vec<KeyedPayload> {
         (0..n)
             .map(|i| {
                 let d = decision(account, i);

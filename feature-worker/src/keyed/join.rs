@@ -185,7 +185,6 @@ impl Joiner {
         let record = match ResultRecord::decode(m.payload, self.state.engine.feature_set()) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(partition = p, offset, code = e.code, error = %e, "result record not usable, sent to the dead-letter topic");
                 self.state
                     .dead_letter(&self.producer, m, &e.reason, e.code, out);
                 return;

@@ -380,7 +380,6 @@ impl StateStage {
             Ok(r) => r,
             Err(e) => {
                 if let Some(out) = out {
-                    tracing::warn!(partition = q, offset, code = e.code, error = %e, "repartition record not usable, sent to the dead-letter topic");
                     self.state
                         .dead_letter(&self.producer, m, &e.reason, e.code, out);
                 }
