@@ -284,6 +284,7 @@ async fn ingest(a: IngestBench) -> anyhow::Result<()> {
         count: Some(a.events as u64),
         rate: None,
         seed: 42,
+        event_time_rate: 1000.0,
         start_time: None,
         fraud_share: 0.02,
         accounts: 10_000,

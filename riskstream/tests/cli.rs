@@ -112,7 +112,7 @@ async fn produce_round_trip_through_kafka_is_exact_and_deterministic() {
             "--topic",
             &topics.events,
         ])
-        .args(["--start-time", start, "--quiet"])
+        .args(["--start-time", start, "--event-time-rate", "50", "--quiet"])
         .output()
         .expect("run produce");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -140,11 +140,20 @@ async fn produce_round_trip_through_kafka_is_exact_and_deterministic() {
         assert_eq!(r.key_str(), e.account_id.as_deref(), "keyed by account_id");
         assert!(r.headers.contains_key("traceparent"));
     }
-    // The same seed and start time give exactly the same events, ids included.
+    // 3,000 events at 50 per second of event time span about a minute (the default, 1,000 a
+    // second, would be 3 s).
+    let times: Vec<i64> = got.iter().map(|e| e.event_time_ms).collect();
+    let span_ms = times.iter().max().unwrap() - times.iter().min().unwrap();
+    assert!(
+        (45_000..=75_000).contains(&span_ms),
+        "event time spans {span_ms} ms"
+    );
+    // The same seed, start time and event-time rate give exactly the same events, ids included.
     let start_ms = riskstream_common::event::parse_event_time(&serde_json::json!(start)).unwrap();
     let mut expected: Vec<Event> = Generator::new(GeneratorConfig {
         seed: 7,
         start_time_ms: start_ms,
+        events_per_sec: 50.0,
         ..Default::default()
     })
     .take(n)
@@ -331,6 +340,7 @@ fn compose_commands_are_accepted_by_the_binary() {
     for bad in [
         &["worker", "--listne", "0.0.0.0:8081"][..],
         &["produce", "--count", "many"],
+        &["produce", "--count", "1", "--event-time-rate", "0"],
         &["produce", "--file", "x.ndjson", "--count", "1"],
         &["ingest", "--help"],
         &["nosuchcommand"],
