@@ -704,6 +704,21 @@ mod tests {
         assert_eq!(err.errors[0].code, "unknown_field");
     }
 
+    #[test]
+    fn a_long_decimal_amount_survives_the_canonical_form_exactly() {
+        // Found by the event_decoder fuzz target: serde_json's default float parser is not
+        // correctly rounded for long decimals, so this amount decoded to 5.555555555555515e45
+        // and its canonical form to 5.5555555555555154e45 (a different amount). The workspace
+        // enables serde_json's `float_roundtrip`.
+        let body = format!(
+            r#"{{"event_time": {NOW}, "account_id": "acc-2", "amount": 5555555555555515555555555555555555555555555555.00, "currency": "USD"}}"#
+        );
+        let e = dec().decode_slice(body.as_bytes(), NOW).unwrap();
+        let again = dec().decode_slice(&e.to_json_bytes(), NOW).unwrap();
+        assert_eq!(again.amount, e.amount);
+        assert_eq!(e.amount, Some(5.555_555_555_555_515_5e45));
+    }
+
     proptest! {
         #[test]
         fn any_json_gives_an_event_or_named_field_errors(v in arb_json()) {
