@@ -44,6 +44,8 @@ use support::{Proc, create_topics, repo, spawn_with_stderr, topics_env};
 const PARTITIONS: i32 = 4;
 const WORKERS: usize = 2;
 const KILLS: usize = 3;
+/// No new decision for this long is a stall.
+const STALL_AFTER: Duration = Duration::from_secs(60);
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -195,6 +197,45 @@ async fn decisions_of(http: &reqwest::Client, admin: &str) -> u64 {
         .filter(|l| l.starts_with("riskstream_worker_decisions_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Waits until `target` events are decided. A stall (no new decision for [`STALL_AFTER`]; not
+/// a slow machine: the debug build under a backlog may take minutes) fails the test with every
+/// worker's metrics.
+async fn await_decisions(
+    seen: &Mutex<Seen>,
+    target: usize,
+    workers: &[Worker],
+    http: &reqwest::Client,
+    what: &str,
+) {
+    let decided = || seen.lock().unwrap().decided;
+    let (mut last, mut last_at) = (decided(), Instant::now());
+    while decided() < target {
+        let now = decided();
+        if now > last {
+            (last, last_at) = (now, Instant::now());
+        } else if last_at.elapsed() >= STALL_AFTER {
+            for w in workers {
+                eprintln!("{}", stage_metrics(http, &w.admin).await);
+            }
+            panic!("stalled at {now} of {target} decisions {what}: none new for {STALL_AFTER:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A worker's metrics without the histograms, for a report on a stall.
+async fn stage_metrics(http: &reqwest::Client, admin: &str) -> String {
+    let text = match http.get(format!("http://{admin}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => return format!("{admin}: {e}"),
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
+        .collect();
+    format!("worker {admin}:\n{}", kept.join("\n"))
 }
 
 /// The part of a decision the test compares (the rest is not decoded).
@@ -414,7 +455,6 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
     };
 
     let http = reqwest::Client::new();
-    let decided = |s: &Arc<Mutex<Seen>>| s.lock().unwrap().decided;
     // When each prefix of the events was decided (sampled), for the caught-up figures.
     let progress: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
     let sampler = {
@@ -430,15 +470,7 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
     let mut figures = Vec::new();
     for k in 0..KILLS {
         let due = n * (k + 1) / (KILLS + 1);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while decided(&seen) < due {
-            assert!(
-                Instant::now() < deadline,
-                "stalled at {} decisions before kill {k}",
-                decided(&seen)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        await_decisions(&seen, due, &workers, &http, &format!("before kill {k}")).await;
         let w = k % WORKERS;
         let instance = format!("w{w}");
         let produced_at_kill = produced.load(Ordering::SeqCst);
@@ -473,15 +505,7 @@ async fn sigkilled_workers_restart_from_the_changelog_and_every_decision_matches
     }
 
     feeder.await.expect("feeder");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while decided(&seen) < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} events decided",
-            decided(&seen)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_decisions(&seen, n, &workers, &http, "after the last restart").await;
     println!(
         "{n} events at {rate}/s with {KILLS} kills: all decided after {:?}",
         started.elapsed()
