@@ -62,6 +62,11 @@ pub struct DecideBench {
     /// earlier-timed ones before it is decided; default: the shipped setting).
     #[arg(long)]
     pub reorder_wait_ms: Option<u64>,
+    /// The worker's mode: `keyed` (as shipped: events -> route -> repartition -> state ->
+    /// results -> join -> decisions, four Kafka hops from ingest back to ingest) or `local`
+    /// (events -> worker -> decisions: two hops, as many as the raw round trip).
+    #[arg(long, default_value = "keyed")]
+    pub mode: String,
     /// The per-request deadline (`?timeout_ms=`); past it the answer is 202 (counted as an error).
     #[arg(long, default_value_t = 1_000)]
     pub timeout_ms: u64,
@@ -159,6 +164,11 @@ pub async fn run(a: DecideBench) -> anyhow::Result<()> {
         "every rate must be positive"
     );
     anyhow::ensure!(a.duration_secs > 0, "duration must be positive");
+    let mode = match a.mode.as_str() {
+        "keyed" => riskstream_feature_worker::WorkerMode::Keyed,
+        "local" => riskstream_feature_worker::WorkerMode::Local,
+        other => anyhow::bail!("--mode must be local or keyed, not {other}"),
+    };
     let suffix = format!("bench{}", now_ms());
     let topics = Topics::with_suffix(&suffix);
     let hop1 = format!("{HOP1_PREFIX}-{suffix}");
@@ -179,7 +189,7 @@ pub async fn run(a: DecideBench) -> anyhow::Result<()> {
         broker.describe()
     );
     println!(
-        "client settings (both paths): fetch.wait.max.ms={} linger.ms={} compression={} acks=all idempotent; worker out_of_orderness={} ms idle_timeout={} ms reorder_wait={}; request deadline {} ms",
+        "client settings (both paths): fetch.wait.max.ms={} linger.ms={} compression={} acks=all idempotent; worker mode={mode:?} out_of_orderness={} ms idle_timeout={} ms reorder_wait={}; request deadline {} ms",
         fetch_wait_max_ms,
         a.linger_ms,
         kafka.compression,
@@ -191,7 +201,7 @@ pub async fn run(a: DecideBench) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
-    let worker_addr = start_worker(&a, &kafka, &shutdown).await?;
+    let worker_addr = start_worker(&a, mode, &kafka, &shutdown).await?;
     let ingest = riskstream_ingest::App::build(
         riskstream_ingest::Config {
             kafka: kafka.clone(),
@@ -253,10 +263,11 @@ pub async fn run(a: DecideBench) -> anyhow::Result<()> {
 
 async fn start_worker(
     a: &DecideBench,
+    mode: riskstream_feature_worker::WorkerMode,
     kafka: &KafkaConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    use riskstream_feature_worker::{App, Config, WorkerConfig};
+    use riskstream_feature_worker::{App, Config, WorkerConfig, WorkerMode};
     let dir = &a.config_dir;
     let mut worker = WorkerConfig {
         listen: "127.0.0.1:0".into(),
@@ -264,6 +275,9 @@ async fn start_worker(
         features_path: dir.join("features.toml"),
         out_of_orderness: Duration::from_millis(a.out_of_orderness_ms),
         idle_timeout: Duration::from_millis(a.idle_timeout_ms.max(1)),
+        mode,
+        // Local mode cannot compute the `[[window_output]]`s (keyed mode's windows stage).
+        window_outputs: mode == WorkerMode::Keyed,
         ..WorkerConfig::default()
     };
     if let Some(ms) = a.reorder_wait_ms {
